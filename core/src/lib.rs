@@ -1,0 +1,1 @@
+//! Pure governance logic for meshguard: time and randomness are parameters, no I/O.

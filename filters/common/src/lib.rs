@@ -1,0 +1,1 @@
+//! The proxy-wasm glue shared by meshguard filters.

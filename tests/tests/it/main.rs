@@ -1,0 +1,6 @@
+//! Integration tests: one binary, one module per topic.
+
+// Test code: a failed unwrap or panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
