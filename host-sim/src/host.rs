@@ -1439,7 +1439,7 @@ impl Host {
         };
         let chunks = response.body.len();
         let no_body = chunks == 0 && response.trailers.is_none();
-        let headers = response.header_map();
+        let headers = response.headers_with_status();
         self.response_headers(id, headers, no_body)?;
         for (i, chunk) in response.body.iter().enumerate() {
             let last = i + 1 == chunks && response.trailers.is_none();
@@ -1578,7 +1578,7 @@ impl Host {
     /// Answers an HTTP callout: `on_http_call_response` runs with this response.
     pub fn respond_http_call(&mut self, id: u64, response: Response) -> Result<()> {
         let body: Vec<u8> = response.body.concat();
-        self.deliver_http_response(id, Some((response.header_map(), body, response.trailers.unwrap_or_default())))
+        self.deliver_http_response(id, Some((response.headers_with_status(), body, response.trailers.unwrap_or_default())))
     }
 
     /// Fails an HTTP callout as a reset connection: the guest sees no headers, no

@@ -126,7 +126,7 @@ impl Response {
     }
 
     /// The headers with `:status` first, as Envoy presents them to filters.
-    pub(crate) fn header_map(&self) -> Headers {
+    pub fn headers_with_status(&self) -> Headers {
         let mut h = vec![(":status".to_string(), self.status.to_string())];
         h.extend(self.headers.iter().cloned());
         h

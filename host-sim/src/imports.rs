@@ -738,7 +738,7 @@ fn link_http_calls(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 let context_id = st.root_of(st.effective);
                 let vm = st.index;
                 let mut sh = lock(&st.shared);
-                if !sh.clusters.iter().any(|k| *k == cluster) {
+                if !sh.clusters.contains(&cluster) {
                     return Err(Status::BadArgument);
                 }
                 // Envoy: next_http_call_id_ += 4 per VM, so 4, 8, 12…
@@ -788,7 +788,7 @@ fn open_grpc(c: &mut C, open: GrpcOpen, ret: u32) -> HostResult {
     let vm = st.index;
     let streaming = open.message.is_none();
     let mut sh = lock(&st.shared);
-    if !sh.clusters.iter().any(|k| *k == open.cluster) {
+    if !sh.clusters.contains(&open.cluster) {
         // Envoy: an unknown cluster name is a ParseFailure for gRPC.
         return Err(Status::ParseFailure);
     }
@@ -885,7 +885,7 @@ fn link_grpc(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 let message = read(&c, mp, ml)?;
                 let st = c.data();
                 // Only stream tokens (even) can send.
-                if token % 2 != 0 {
+                if !token.is_multiple_of(2) {
                     return Err(Status::BadArgument);
                 }
                 let id = grpc_callout_id(st, token)?;

@@ -232,3 +232,17 @@ fn an_export_with_the_wrong_signature_is_a_load_error() {
     let err = Host::builder(&module).build().unwrap_err();
     assert!(err.to_string().contains("proxy_on_request_headers"), "{err}");
 }
+
+#[test]
+fn an_abi_0_2_0_module_is_accepted() {
+    let wat = r#"(module (memory (export "memory") 1)
+        (func (export "malloc") (param i32) (result i32) i32.const 0)
+        (func (export "proxy_abi_version_0_2_0"))
+        (func (export "proxy_on_context_create") (param i32 i32)))"#;
+    let module = Module::from_bytes("v020.wat", wat.as_bytes()).unwrap();
+    assert_eq!(module.abi_version(), host_sim::AbiVersion::V0_2_0);
+    let mut host = Host::builder(&module).build().unwrap();
+    assert!(host.configure().unwrap());
+    let s = host.send(0, Request::get("/")).unwrap();
+    assert_eq!(host.stream(s).unwrap().status(), Some(200));
+}
