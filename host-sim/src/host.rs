@@ -287,6 +287,7 @@ impl HostBuilder {
             shared,
             streams: BTreeMap::new(),
             by_ctx: HashMap::new(),
+            live: std::collections::BTreeSet::new(),
             next_stream: 0,
             failure_policy: self.failure_policy,
             fuel: self.fuel,
@@ -379,6 +380,8 @@ pub struct Host {
     shared: SharedRef,
     streams: BTreeMap<StreamId, StreamCtl>,
     by_ctx: HashMap<(usize, u32), StreamId>,
+    /// Streams not finished yet: their paused flags are refreshed after each step.
+    live: std::collections::BTreeSet<StreamId>,
     next_stream: u64,
     failure_policy: FailurePolicy,
     fuel: u64,
@@ -650,13 +653,15 @@ impl Host {
         match r {
             Ok(r) => Ok(r),
             Err(e) => {
-                let reason = format!("{e:#}");
+                // One line for the test (the root cause); the full trace goes to the log.
+                let reason = e.root_cause().to_string();
+                let full = format!("{e:#}");
                 v.failed = Some(reason.clone());
                 let level = LogLevel::Critical;
                 crate::imports::log_line(
                     v.store.data(),
                     level,
-                    format!("wasm trap in {}: {reason}", call.name()),
+                    format!("wasm trap in {}: {full}", call.name()),
                 );
                 Err(reason)
             }
@@ -714,12 +719,14 @@ impl Host {
             }
             self.by_ctx.insert((worker, ctx), id);
             self.streams.insert(id, ctl);
+            self.live.insert(id);
             let root = self.vms[worker].store.data().root_id;
             if let Err(reason) = self.call(worker, Call::ContextCreate(ctx, root)) {
                 self.on_trap(id, &reason);
             }
         } else {
             self.streams.insert(id, ctl);
+            self.live.insert(id);
         }
         Ok(id)
     }
@@ -730,6 +737,33 @@ impl Host {
             .get(&id)
             .map(|s| &s.view)
             .ok_or_else(|| Error::Usage(format!("unknown stream {id:?}")))
+    }
+
+    /// Removes a stream from the host and returns its final view (long runs use
+    /// it to keep memory flat).
+    pub fn remove_stream(&mut self, id: StreamId) -> Result<StreamView> {
+        let ctl = self
+            .streams
+            .remove(&id)
+            .ok_or_else(|| Error::Usage(format!("unknown stream {id:?}")))?;
+        self.live.remove(&id);
+        if !ctl.view.finished {
+            self.by_ctx.remove(&(ctl.vm, ctl.ctx));
+            let st = self.vms[ctl.vm].store.data_mut();
+            st.contexts.remove(&ctl.ctx);
+        }
+        Ok(ctl.view)
+    }
+
+    /// Refreshes the paused flags of unfinished streams after a step.
+    fn sync_live(&mut self) {
+        for id in &self.live {
+            if let Some(ctl) = self.streams.get_mut(id) {
+                let replied = ctl.view.local_reply.is_some();
+                ctl.view.request_paused = ctl.req.stopped.is_some() && !replied;
+                ctl.view.response_paused = ctl.resp.stopped.is_some();
+            }
+        }
     }
 
     /// Every stream the host has driven, in creation order.
@@ -1080,6 +1114,8 @@ impl Host {
         ctl.view.finished = true;
         ctl.view.request_paused = ctl.req.stopped.is_some() && ctl.view.local_reply.is_none();
         ctl.view.response_paused = ctl.resp.stopped.is_some();
+        self.live.remove(&id);
+        let ctl = self.ctl(id)?;
         let (vm, ctx, bypass) = (ctl.vm, ctl.ctx, ctl.bypass);
         if bypass || self.vms[vm].failed.is_some() {
             return Ok(());
@@ -1467,6 +1503,7 @@ impl Host {
         for _ in 0..MAX_EVENTS_PER_CALL {
             let event = lock(&self.shared).events.pop_front();
             let Some(event) = event else {
+                self.sync_live();
                 return Ok(());
             };
             match event {

@@ -402,7 +402,10 @@ fn link_header_maps(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
 
 fn property_key(path: &[u8]) -> String {
     // The SDK joins path segments with NUL; host-sim keys properties by the dotted
-    // name Envoy documents (`request.path`).
+    // name Envoy documents (`request.path`). The SDK also ends the last segment with a
+    // NUL (`request\0path\0`), which Envoy ignores: conformance case
+    // `properties_match_envoy` saw `request.path` read through the SDK answer Ok there.
+    let path = path.strip_suffix(&[0]).unwrap_or(path);
     path.split(|b| *b == 0)
         .map(|s| String::from_utf8_lossy(s))
         .collect::<Vec<_>>()
@@ -664,11 +667,8 @@ fn link_stream_control(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             code((|| {
                 let details = read_string(&c, dp, dl)?;
                 let body = read(&c, bp, bl)?;
-                let headers = decode_pairs(&read(&c, hp, hl)?).ok_or(Status::BadArgument)?;
-                let headers = headers
-                    .into_iter()
-                    .map(|(k, v)| (lossy(&k).to_ascii_lowercase(), lossy(&v)))
-                    .collect();
+                // An empty buffer means no headers, as in Envoy.
+                let headers = decode_headers(&read(&c, hp, hl)?)?;
                 let st = c.data_mut();
                 let id = st.effective;
                 if st.stream(id).is_none() {

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use host_sim::{provided_imports, run_scenario, Module, Scenario};
 
 #[derive(Parser)]
-#[command(name = "host-sim", version, about = "A deterministic proxy-wasm ABI 0.2.1 host for testing filters")]
+#[command(
+    name = "host-sim",
+    version,
+    about = "A deterministic proxy-wasm ABI 0.2.1 host for testing filters"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,7 +77,8 @@ fn main() -> ExitCode {
 fn run(args: &RunArgs) -> Result<ExitCode, String> {
     let mut scenario = Scenario::from_file(&args.scenario).map_err(|e| e.to_string())?;
     if let Some(path) = &args.config {
-        let config = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let config =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         scenario = scenario.with_plugin_config(config);
     }
     if let Some(seed) = args.seed {
@@ -91,7 +96,11 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
             Format::Json => report.render_json(),
         }
     );
-    Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Lists imports without `Module::from_file`, which rejects a module at its first
@@ -99,8 +108,12 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
 fn imports(path: &Path) -> Result<ExitCode, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let engine = wasmtime::Engine::default();
-    let module = wasmtime::Module::new(&engine, &bytes)
-        .map_err(|e| format!("{} is not a valid WebAssembly module: {e:#}", path.display()))?;
+    let module = wasmtime::Module::new(&engine, &bytes).map_err(|e| {
+        format!(
+            "{} is not a valid WebAssembly module: {e:#}",
+            path.display()
+        )
+    })?;
     let provided = provided_imports();
     let abi = module
         .exports()
@@ -115,7 +128,10 @@ fn imports(path: &Path) -> Result<ExitCode, String> {
         .imports()
         .map(|i| {
             let is_func = matches!(i.ty(), wasmtime::ExternType::Func(_));
-            let known = is_func && provided.iter().any(|(m, n)| m == i.module() && n == i.name());
+            let known = is_func
+                && provided
+                    .iter()
+                    .any(|(m, n)| m == i.module() && n == i.name());
             let status = match (known, is_func) {
                 (true, _) => "provided",
                 (false, true) => "MISSING",
@@ -130,5 +146,9 @@ fn imports(path: &Path) -> Result<ExitCode, String> {
     }
     let missing = rows.iter().filter(|(_, s)| *s != "provided").count();
     println!("{} imports, {missing} missing", rows.len());
-    Ok(if missing == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if missing == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -73,14 +73,20 @@ impl<'de> Deserialize<'de> for Pairs {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a map of name: value, or a list of [name, value] pairs")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Pairs, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Pairs, A::Error> {
                 let mut out = Vec::new();
                 while let Some((Text(k), Text(v))) = map.next_entry::<Text, Text>()? {
                     out.push((k, v));
                 }
                 Ok(Pairs(out))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Pairs, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Pairs, A::Error> {
                 let mut out = Vec::new();
                 while let Some(Pair(k, v)) = seq.next_element::<Pair>()? {
                     out.push((k, v));
@@ -103,15 +109,25 @@ impl<'de> Deserialize<'de> for Pair {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a [name, value] pair or a one-entry map {name: value}")
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Pair, A::Error> {
-                let k: Text = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(0, &self))?;
-                let v: Text = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(1, &self))?;
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Pair, A::Error> {
+                let k: Text = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let v: Text = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(1, &self))?;
                 if seq.next_element::<de::IgnoredAny>()?.is_some() {
                     return Err(de::Error::invalid_length(3, &self));
                 }
                 Ok(Pair(k.0, v.0))
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Pair, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Pair, A::Error> {
                 let (k, v) = map
                     .next_entry::<Text, Text>()?
                     .ok_or_else(|| de::Error::invalid_length(0, &self))?;
@@ -152,7 +168,10 @@ impl<'de> Deserialize<'de> for Chunks {
             fn visit_bool<E: de::Error>(self, v: bool) -> std::result::Result<Chunks, E> {
                 self.visit_str(&v.to_string())
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Chunks, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Chunks, A::Error> {
                 let mut out = Vec::new();
                 while let Some(Text(chunk)) = seq.next_element::<Text>()? {
                     out.push(chunk.into_bytes());
@@ -210,7 +229,10 @@ impl<'de> Deserialize<'de> for Props {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a map of property path: value")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Props, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Props, A::Error> {
                 let mut out = Vec::new();
                 while let Some((Text(k), Prop(v))) = map.next_entry::<Text, Prop>()? {
                     out.push((k, v));
@@ -234,7 +256,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a map")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Ordered<T>, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Ordered<T>, A::Error> {
                 let mut out = Vec::new();
                 while let Some((Text(k), v)) = map.next_entry::<Text, T>()? {
                     out.push((k, v));
@@ -255,9 +280,9 @@ impl<'de> Deserialize<'de> for ConfigBytes {
         match serde_yaml::Value::deserialize(d)? {
             serde_yaml::Value::Null => Ok(ConfigBytes(Vec::new())),
             serde_yaml::Value::String(s) => Ok(ConfigBytes(s.into_bytes())),
-            other => serde_json::to_vec(&other)
-                .map(ConfigBytes)
-                .map_err(|e| de::Error::custom(format!("cannot render the configuration as JSON: {e}"))),
+            other => serde_json::to_vec(&other).map(ConfigBytes).map_err(|e| {
+                de::Error::custom(format!("cannot render the configuration as JSON: {e}"))
+            }),
         }
     }
 }
@@ -320,20 +345,33 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         "s" => 1_000_000_000,
         "m" => 60_000_000_000,
         "h" => 3_600_000_000_000,
-        "" => return Err(format!("duration {s:?} has no unit (use ns, us, ms, s, m or h)")),
-        other => return Err(format!("duration {s:?} has unknown unit {other:?} (use ns, us, ms, s, m or h)")),
+        "" => {
+            return Err(format!(
+                "duration {s:?} has no unit (use ns, us, ms, s, m or h)"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "duration {s:?} has unknown unit {other:?} (use ns, us, ms, s, m or h)"
+            ))
+        }
     };
     let (int, frac) = number.split_once('.').unwrap_or((number, ""));
     let bad = || format!("duration {s:?} is not a number followed by a unit");
     if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
         return Err(bad());
     }
-    let int: u128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| bad())? };
+    let int: u128 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| bad())?
+    };
     let mut total = int.checked_mul(unit_ns).ok_or_else(bad)?;
     let mut scale = unit_ns;
     for digit in frac.chars() {
         scale /= 10;
-        total += u128::from(digit.to_digit(10).ok_or_else(bad)?) * scale;
+        let digit = u128::from(digit.to_digit(10).ok_or_else(bad)?);
+        total = total.checked_add(digit * scale).ok_or_else(bad)?;
     }
     u64::try_from(total)
         .map(Duration::from_nanos)
@@ -606,7 +644,8 @@ enum Step {
     ExpectCallouts(CalloutCount),
 }
 
-const ACTIONS: &str = "request, expect, advance, respond_http_call, fail_http_call, grpc, enqueue, \
+const ACTIONS: &str =
+    "request, expect, advance, respond_http_call, fail_http_call, grpc, enqueue, \
 set_shared_data, expect_shared_data, expect_metric, expect_log, expect_callouts";
 
 impl<'de> Deserialize<'de> for Step {
@@ -636,9 +675,11 @@ impl TryFrom<RawStep> for Step {
         if let Some(r) = request {
             if let Some(e) = &expect {
                 if e.stream.is_some() {
-                    return Err("expect.stream is for a standalone expect step; on a request step, \
+                    return Err(
+                        "expect.stream is for a standalone expect step; on a request step, \
                          expect checks that request"
-                        .into());
+                            .into(),
+                    );
                 }
             }
             found.push(("request", Step::Request(Box::new(r), expect.take())));
@@ -680,7 +721,9 @@ impl TryFrom<RawStep> for Step {
                 return Err("expect goes with a request step, or alone with expect.stream naming an earlier request".into());
             }
             if e.stream.is_none() {
-                return Err("a standalone expect step needs stream: the id of an earlier request".into());
+                return Err(
+                    "a standalone expect step needs stream: the id of an earlier request".into(),
+                );
             }
             found.push(("expect", Step::Expect(e)));
         }
@@ -689,7 +732,10 @@ impl TryFrom<RawStep> for Step {
             0 => Err(format!("a step needs one action: {ACTIONS}")),
             _ => {
                 let names: Vec<&str> = found.iter().map(|(n, _)| *n).collect();
-                Err(format!("a step has exactly one action, found {}", names.join(" and ")))
+                Err(format!(
+                    "a step has exactly one action, found {}",
+                    names.join(" and ")
+                ))
             }
         }
     }
@@ -743,7 +789,9 @@ impl Scenario {
         let file: File = serde_yaml::from_str(text).map_err(|e| fail(describe_yaml_error(&e)))?;
         let workers = file.workers.unwrap_or(1);
         if workers == 0 || workers > MAX_WORKERS {
-            return Err(fail(format!("workers: must be between 1 and {MAX_WORKERS}, got {workers}")));
+            return Err(fail(format!(
+                "workers: must be between 1 and {MAX_WORKERS}, got {workers}"
+            )));
         }
         let mut ids: Vec<&str> = Vec::new();
         for (i, step) in file.steps.iter().enumerate() {
@@ -751,12 +799,18 @@ impl Scenario {
                 Step::Request(r, _) => {
                     if let Some(id) = r.id.as_deref() {
                         if ids.contains(&id) {
-                            return Err(fail(format!("step {}, field request.id: id {id:?} is already used", i + 1)));
+                            return Err(fail(format!(
+                                "step {}, field request.id: id {id:?} is already used",
+                                i + 1
+                            )));
                         }
                         ids.push(id);
                     }
                     if http_status(r.upstream.as_ref().map_or(200, |u| u.status)).is_none() {
-                        return Err(fail(format!("step {}, field request.upstream.status: not an HTTP status (100-999)", i + 1)));
+                        return Err(fail(format!(
+                            "step {}, field request.upstream.status: not an HTTP status (100-999)",
+                            i + 1
+                        )));
                     }
                 }
                 Step::Expect(e) => {
@@ -769,7 +823,10 @@ impl Scenario {
                     }
                 }
                 Step::RespondHttpCall(r) if http_status(r.status).is_none() => {
-                    return Err(fail(format!("step {}, field respond_http_call.status: not an HTTP status (100-999)", i + 1)));
+                    return Err(fail(format!(
+                        "step {}, field respond_http_call.status: not an HTTP status (100-999)",
+                        i + 1
+                    )));
                 }
                 _ => {}
             }
@@ -969,9 +1026,19 @@ impl Report {
 
     /// A plain-text table, one row per step, then the summary line.
     pub fn render_table(&self) -> String {
-        let mut rows: Vec<[String; 4]> = vec![["step".into(), "action".into(), "outcome".into(), "result".into()]];
+        let mut rows: Vec<[String; 4]> = vec![[
+            "step".into(),
+            "action".into(),
+            "outcome".into(),
+            "result".into(),
+        ]];
         for s in &self.steps {
-            rows.push([s.step.to_string(), s.action.clone(), s.outcome.clone(), verdict_text(&s.verdict)]);
+            rows.push([
+                s.step.to_string(),
+                s.action.clone(),
+                s.outcome.clone(),
+                verdict_text(&s.verdict),
+            ]);
         }
         let mut widths = [0usize; 3];
         for row in &rows {
@@ -979,7 +1046,11 @@ impl Report {
                 *w = (*w).max(cell.chars().count());
             }
         }
-        let workers = if self.workers == 1 { "1 worker".to_string() } else { format!("{} workers", self.workers) };
+        let workers = if self.workers == 1 {
+            "1 worker".to_string()
+        } else {
+            format!("{} workers", self.workers)
+        };
         let mut out = format!(
             "scenario {}, module {}, seed {}, {workers}\n",
             self.scenario, self.module, self.seed
@@ -1030,7 +1101,8 @@ impl Report {
             failed: self.failed(),
             skipped: self.skipped(),
         };
-        let mut s = serde_json::to_string_pretty(&report).unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
+        let mut s = serde_json::to_string_pretty(&report)
+            .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
         s.push('\n');
         s
     }
@@ -1080,7 +1152,11 @@ pub fn run_scenario(module: &Module, scenario: &Scenario) -> Result<Report> {
         let mut row = if proceed {
             runner.run(step)
         } else {
-            Row::new(action_name(step), "not run: the configuration was rejected".into(), Verdict::Skipped)
+            Row::new(
+                action_name(step),
+                "not run: the configuration was rejected".into(),
+                Verdict::Skipped,
+            )
         };
         if proceed {
             runner.note_vm_failures(&mut row.outcome);
@@ -1109,7 +1185,11 @@ struct Row {
 
 impl Row {
     fn new(action: String, outcome: String, verdict: Verdict) -> Row {
-        Row { action, outcome, verdict }
+        Row {
+            action,
+            outcome,
+            verdict,
+        }
     }
 
     /// A step that could not run: counts as a failure.
@@ -1149,8 +1229,14 @@ fn action_name(step: &Step) -> String {
 /// A duration in the largest unit that shows it exactly.
 fn fmt_duration(d: Duration) -> String {
     let ns = d.as_nanos();
-    for (unit, size) in [("h", 3_600_000_000_000u128), ("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000)] {
-        if ns >= size && ns % size == 0 {
+    for (unit, size) in [
+        ("h", 3_600_000_000_000u128),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+    ] {
+        if ns >= size && ns.is_multiple_of(size) {
             return format!("{}{unit}", ns / size);
         }
     }
@@ -1163,7 +1249,10 @@ fn fmt_time(d: Duration) -> String {
 }
 
 fn lower(headers: &Headers) -> Headers {
-    headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect()
+    headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect()
 }
 
 fn quote(s: &str) -> String {
@@ -1191,18 +1280,29 @@ impl Runner {
     fn configure(&mut self, expect_accepted: bool) -> StepReport {
         let (outcome, accepted) = match self.host.configure() {
             Ok(true) => (
-                format!("accepted ({} worker{})", self.workers, if self.workers == 1 { "" } else { "s" }),
+                format!(
+                    "accepted ({} worker{})",
+                    self.workers,
+                    if self.workers == 1 { "" } else { "s" }
+                ),
                 true,
             ),
-            Ok(false) => ("rejected (on_vm_start or on_configure returned false)".to_string(), false),
-            Err(e) => (format!("rejected: {}", first_line(&e.to_string())), false),
+            Ok(false) => (
+                "rejected (on_vm_start or on_configure returned false)".to_string(),
+                false,
+            ),
+            Err(e) => (format!("rejected: {}", one_line(&e.to_string())), false),
         };
         let verdict = if accepted == expect_accepted {
             Verdict::Pass
         } else {
             Verdict::Fail(vec![format!(
                 "configuration: expected {}, got {}",
-                if expect_accepted { "accepted" } else { "rejected" },
+                if expect_accepted {
+                    "accepted"
+                } else {
+                    "rejected"
+                },
                 if accepted { "accepted" } else { "rejected" }
             )])
         };
@@ -1225,7 +1325,7 @@ impl Runner {
             }
             if let Some(reason) = self.host.vm_failure(w) {
                 *known = true;
-                outcome.push_str(&format!(" [worker {w} VM failed: {}]", first_line(reason)));
+                outcome.push_str(&format!(" [worker {w} VM failed: {}]", one_line(reason)));
             }
         }
     }
@@ -1240,7 +1340,11 @@ impl Runner {
                     return Row::error(action, format!("no request has id {id:?}"));
                 };
                 match self.host.stream(sid) {
-                    Ok(view) => Row::new(action, describe(&label, view), checked(check_stream(view, e))),
+                    Ok(view) => Row::new(
+                        action,
+                        describe(&label, view),
+                        checked(check_stream(view, e)),
+                    ),
                     Err(e) => Row::error(action, e),
                 }
             }
@@ -1266,7 +1370,10 @@ impl Runner {
                 match self.host.respond_http_call(callout.0, response) {
                     Ok(()) => Row::new(
                         action,
-                        format!("callout {} to {} answered {}", callout.0, callout.1, r.status),
+                        format!(
+                            "callout {} to {} answered {}",
+                            callout.0, callout.1, r.status
+                        ),
                         Verdict::Unchecked,
                     ),
                     Err(e) => Row::error(action, e),
@@ -1278,7 +1385,11 @@ impl Runner {
                     Err(e) => return Row::error(action, e),
                 };
                 match self.host.fail_http_call(callout.0) {
-                    Ok(()) => Row::new(action, format!("callout {} to {} failed", callout.0, callout.1), Verdict::Unchecked),
+                    Ok(()) => Row::new(
+                        action,
+                        format!("callout {} to {} failed", callout.0, callout.1),
+                        Verdict::Unchecked,
+                    ),
                     Err(e) => Row::error(action, e),
                 }
             }
@@ -1287,25 +1398,41 @@ impl Runner {
                     .host
                     .grpc_callouts()
                     .into_iter()
-                    .filter(|c| g.select.cluster.as_ref().is_none_or(|want| *want == c.cluster))
+                    .filter(|c| {
+                        g.select
+                            .cluster
+                            .as_ref()
+                            .is_none_or(|want| *want == c.cluster)
+                    })
                     .collect();
                 let Some(c) = open.get(g.select.index) else {
                     return Row::error(action, no_callout("gRPC call", &g.select, open.len()));
                 };
                 let what = match &g.event {
-                    GrpcEvent::InitialMetadata(h) => format!("initial metadata ({} entries)", h.len()),
+                    GrpcEvent::InitialMetadata(h) => {
+                        format!("initial metadata ({} entries)", h.len())
+                    }
                     GrpcEvent::Message(m) => format!("message ({} bytes)", m.len()),
-                    GrpcEvent::TrailingMetadata(h) => format!("trailing metadata ({} entries)", h.len()),
+                    GrpcEvent::TrailingMetadata(h) => {
+                        format!("trailing metadata ({} entries)", h.len())
+                    }
                     GrpcEvent::Close { status, .. } => format!("close {status}"),
                 };
-                let outcome = format!("grpc {} {}/{}.{} ← {what}", c.id, c.cluster, c.service, c.method);
+                let outcome = format!(
+                    "grpc {} {}/{}.{} ← {what}",
+                    c.id, c.cluster, c.service, c.method
+                );
                 match self.host.deliver_grpc(c.id, g.event.clone()) {
                     Ok(()) => Row::new(action, outcome, Verdict::Unchecked),
                     Err(e) => Row::error(action, e),
                 }
             }
             Step::Enqueue(e) => match self.host.enqueue(&e.queue, e.value.0.as_bytes()) {
-                Ok(()) => Row::new(action, format!("{} bytes enqueued", e.value.0.len()), Verdict::Unchecked),
+                Ok(()) => Row::new(
+                    action,
+                    format!("{} bytes enqueued", e.value.0.len()),
+                    Verdict::Unchecked,
+                ),
                 Err(err) => Row::error(action, err),
             },
             Step::SetSharedData(entries) => {
@@ -1313,7 +1440,11 @@ impl Runner {
                     self.host.set_shared_data(k, v.as_bytes());
                 }
                 let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
-                Row::new(action, format!("set {}", keys.join(", ")), Verdict::Unchecked)
+                Row::new(
+                    action,
+                    format!("set {}", keys.join(", ")),
+                    Verdict::Unchecked,
+                )
             }
             Step::ExpectSharedData(entries) => {
                 let mut seen = Vec::new();
@@ -1349,8 +1480,15 @@ impl Runner {
             }
             Step::ExpectLog(needle) => {
                 let logs = self.host.logs();
-                match logs.iter().position(|l| l.message.contains(needle.as_str())) {
-                    Some(i) => Row::new(action, format!("found in log line {} of {}", i + 1, logs.len()), Verdict::Pass),
+                match logs
+                    .iter()
+                    .position(|l| l.message.contains(needle.as_str()))
+                {
+                    Some(i) => Row::new(
+                        action,
+                        format!("found in log line {} of {}", i + 1, logs.len()),
+                        Verdict::Pass,
+                    ),
                     None => Row::new(
                         action,
                         format!("not found in {} log lines", logs.len()),
@@ -1369,11 +1507,18 @@ impl Runner {
                     .iter()
                     .filter(|h| c.cluster.as_ref().is_none_or(|want| *want == h.cluster))
                     .count();
-                let to = c.cluster.as_ref().map(|c| format!(" to {c}")).unwrap_or_default();
+                let to = c
+                    .cluster
+                    .as_ref()
+                    .map(|c| format!(" to {c}"))
+                    .unwrap_or_default();
                 let verdict = if n == c.count {
                     Verdict::Pass
                 } else {
-                    Verdict::Fail(vec![format!("callouts{to}: expected {} pending, got {n}", c.count)])
+                    Verdict::Fail(vec![format!(
+                        "callouts{to}: expected {} pending, got {n}",
+                        c.count
+                    )])
                 };
                 Row::new(action, format!("{n} pending{to}"), verdict)
             }
@@ -1383,13 +1528,21 @@ impl Runner {
     fn request(&mut self, action: String, r: &RequestSpec, expect: Option<&ExpectSpec>) -> Row {
         let mut req = Request::new(&r.method, &r.path);
         for (k, v) in &r.headers.0 {
-            req = if k.starts_with(':') { req.set_header(k, v) } else { req.header(k, v) };
+            req = if k.starts_with(':') {
+                req.set_header(k, v)
+            } else {
+                req.header(k, v)
+            };
         }
         req.body = r.body.0.clone();
         req.trailers = r.trailers.as_ref().map(|t| lower(&t.0));
         req.properties = r.properties.0.clone();
         let label = format!("{} {}", r.method, r.path);
-        let action = if self.workers > 1 { format!("{action} @w{}", r.worker) } else { action };
+        let action = if self.workers > 1 {
+            format!("{action} @w{}", r.worker)
+        } else {
+            action
+        };
         let sent = match &r.upstream {
             Some(u) => self.host.send_with_response(r.worker, req, u.to_response()),
             None => self.host.send(r.worker, req),
@@ -1419,7 +1572,12 @@ impl Runner {
             .host
             .http_callouts()
             .into_iter()
-            .filter(|c| select.cluster.as_ref().is_none_or(|want| *want == c.cluster))
+            .filter(|c| {
+                select
+                    .cluster
+                    .as_ref()
+                    .is_none_or(|want| *want == c.cluster)
+            })
             .collect();
         pending
             .get(select.index)
@@ -1429,15 +1587,30 @@ impl Runner {
 }
 
 fn no_callout(kind: &str, select: &Selector, pending: usize) -> String {
-    let to = select.cluster.as_ref().map(|c| format!(" to {c}")).unwrap_or_default();
+    let to = select
+        .cluster
+        .as_ref()
+        .map(|c| format!(" to {c}"))
+        .unwrap_or_default();
     format!(
         "expected a pending {kind}{to} at index {}, got {pending} pending",
         select.index
     )
 }
 
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or_default()
+/// One line from a multi-line wasmtime trap: the context before the backtrace and
+/// the cause after it (`worker 0 trapped in proxy_on_configure: wasm trap: …`).
+fn one_line(s: &str) -> String {
+    let mut lines = s.lines().filter(|l| !l.trim().is_empty());
+    let first = lines.next().unwrap_or_default();
+    let Some(last) = lines.next_back() else {
+        return first.to_string();
+    };
+    let cause = last.find("wasm trap:").map_or(last.trim(), |i| &last[i..]);
+    let head = first
+        .strip_suffix("error while executing at wasm backtrace:")
+        .unwrap_or(first);
+    format!("{head}{cause}")
 }
 
 /// The stream is still waiting on the filter. `StreamView::request_paused` is only
@@ -1474,23 +1647,38 @@ fn check_stream(view: &StreamView, e: &ExpectSpec) -> Vec<String> {
     for (name, want) in &e.headers.0 {
         let have = view.response_header(name);
         if have != Some(want.as_str()) {
-            failures.push(format!("header {name}: expected {}, got {}", quote(want), got(have)));
+            failures.push(format!(
+                "header {name}: expected {}, got {}",
+                quote(want),
+                got(have)
+            ));
         }
     }
     for name in &e.headers_absent {
         if let Some(have) = view.response_header(name) {
-            failures.push(format!("header {name}: expected absent, got {}", quote(have)));
+            failures.push(format!(
+                "header {name}: expected absent, got {}",
+                quote(have)
+            ));
         }
     }
     let body = view.body_str();
     if let Some(Text(want)) = &e.body {
         if body != *want {
-            failures.push(format!("body: expected {}, got {}", quote(want), quote(&body)));
+            failures.push(format!(
+                "body: expected {}, got {}",
+                quote(want),
+                quote(&body)
+            ));
         }
     }
     if let Some(Text(want)) = &e.body_contains {
         if !body.contains(want.as_str()) {
-            failures.push(format!("body: expected to contain {}, got {}", quote(want), quote(&body)));
+            failures.push(format!(
+                "body: expected to contain {}, got {}",
+                quote(want),
+                quote(&body)
+            ));
         }
     }
     let upstream = view.upstream_request.as_ref();
@@ -1503,13 +1691,23 @@ fn check_stream(view: &StreamView, e: &ExpectSpec) -> Vec<String> {
     for (name, want) in &e.upstream_headers.0 {
         let have = upstream.and_then(|u| u.header(name));
         if have != Some(want.as_str()) {
-            let shown = if upstream.is_none() { "no upstream request".to_string() } else { got(have) };
-            failures.push(format!("upstream header {name}: expected {}, got {shown}", quote(want)));
+            let shown = if upstream.is_none() {
+                "no upstream request".to_string()
+            } else {
+                got(have)
+            };
+            failures.push(format!(
+                "upstream header {name}: expected {}, got {shown}",
+                quote(want)
+            ));
         }
     }
     for name in &e.upstream_headers_absent {
         if let Some(have) = upstream.and_then(|u| u.header(name)) {
-            failures.push(format!("upstream header {name}: expected absent, got {}", quote(have)));
+            failures.push(format!(
+                "upstream header {name}: expected absent, got {}",
+                quote(have)
+            ));
         }
     }
     if let Some(want) = e.local_reply {
@@ -1574,8 +1772,14 @@ mod tests {
                 _ => Vec::new(),
             })
             .collect();
-        assert_eq!(heads[0], vec![("a".into(), "1".into()), ("b".into(), "x".into())]);
-        assert_eq!(heads[1], vec![("a".into(), "1".into()), ("a".into(), "2".into())]);
+        assert_eq!(
+            heads[0],
+            vec![("a".into(), "1".into()), ("b".into(), "x".into())]
+        );
+        assert_eq!(
+            heads[1],
+            vec![("a".into(), "1".into()), ("a".into(), "2".into())]
+        );
     }
 
     #[test]
@@ -1598,7 +1802,10 @@ mod tests {
     #[test]
     fn unknown_fields_name_the_step_field_and_line() {
         let r = reason("steps:\n- advance: 1s\n- request:\n    methd: GET\n");
-        assert!(r.starts_with("step 2, field request: unknown field `methd`"), "{r}");
+        assert!(
+            r.starts_with("step 2, field request: unknown field `methd`"),
+            "{r}"
+        );
         assert!(r.contains("line 4 column"), "{r}");
     }
 
@@ -1623,10 +1830,36 @@ mod tests {
 
     #[test]
     fn inline_config_values_become_json() {
-        let s = Scenario::parse("t.yaml", "plugin_config:\n  limit: 3\n  name: x\nsteps: []\n").unwrap();
-        assert_eq!(s.plugin_config.as_deref(), Some(&br#"{"limit":3,"name":"x"}"#[..]));
+        let s = Scenario::parse(
+            "t.yaml",
+            "plugin_config:\n  limit: 3\n  name: x\nsteps: []\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.plugin_config.as_deref(),
+            Some(&br#"{"limit":3,"name":"x"}"#[..])
+        );
         let s = Scenario::parse("t.yaml", "plugin_config: 'raw text'\nsteps: []\n").unwrap();
         assert_eq!(s.plugin_config.as_deref(), Some(&b"raw text"[..]));
+    }
+
+    #[test]
+    fn a_grpc_step_takes_exactly_one_event() {
+        let s = Scenario::parse(
+            "t.yaml",
+            "steps:\n- grpc: {cluster: c, close: {status: 14}}\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            &s.steps[0],
+            Step::Grpc(g) if g.event == GrpcEvent::Close { status: 14, message: String::new() }
+        ));
+        let r = reason("steps:\n- advance: 1s\n- grpc: {message: x, close: {status: 0}}\n");
+        assert!(
+            r.starts_with("step 2, field grpc: a grpc step needs exactly one of"),
+            "{r}"
+        );
+        assert!(r.contains("line 3"), "{r}");
     }
 
     #[test]

@@ -3,5 +3,6 @@
 // Test code: a failed unwrap or panic is how a test reports failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod conformance;
 mod harness;
 mod hostsim;

@@ -1,0 +1,61 @@
+;; gate.wat: a hand-written proxy-wasm filter for the gate.yaml example scenario.
+;;
+;; On request headers it counts `gate.checks`, logs "gate: checking", asks the
+;; `auth` cluster (GET /check, 1 s timeout) and pauses. The callout response goes
+;; to the root context, so it remembers which stream asked (by token) and makes
+;; that stream effective again: a 2xx answer resumes the request; any other
+;; status, or a timeout, sends a local 403 "denied"; a failed call a local 503.
+;; Each outcome is written to shared data `last` (allowed / denied).
+(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_http_call" (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_increment_metric" (func $inc (param i32 i64) (result i32)))
+  (import "env" "proxy_set_shared_data" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get_header (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $set_effective (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  (data (i32.const 0) "auth")
+  (data (i32.const 16) "\03\00\00\00\05\00\00\00\06\00\00\00\07\00\00\00\03\00\00\00\0a\00\00\00\04\00\00\00:path\00/check\00:method\00GET\00:authority\00auth\00")
+  (data (i32.const 100) "gate.checks")
+  (data (i32.const 120) "gate: checking")
+  (data (i32.const 140) "gate_denied")
+  (data (i32.const 160) "denied")
+  (data (i32.const 170) "last")
+  (data (i32.const 180) "allowed")
+  (data (i32.const 190) ":status")
+  (data (i32.const 200) "\00\00\00\00")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $define (i32.const 0) (i32.const 100) (i32.const 11) (i32.const 260)))
+    (i32.const 1))
+  (func (export "proxy_on_request_headers") (param $ctx i32) (param i32 i32) (result i32)
+    (drop (call $inc (i32.load (i32.const 260)) (i64.const 1)))
+    (drop (call $log (i32.const 2) (i32.const 120) (i32.const 14)))
+    (drop (call $http_call (i32.const 0) (i32.const 4) (i32.const 16) (i32.const 69)
+      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 256)))
+    ;; The response goes to the root context: remember which stream asked.
+    (i32.store (i32.add (i32.const 512) (i32.load (i32.const 256))) (local.get $ctx))
+    (i32.const 1))
+  (func (export "proxy_on_http_call_response") (param i32) (param $token i32) (param $nh i32) (param i32 i32)
+    (drop (call $set_effective (i32.load (i32.add (i32.const 512) (local.get $token)))))
+    (if (i32.eqz (local.get $nh)) (then (call $deny (i32.const 503)) (return)))
+    (drop (call $get_header (i32.const 6) (i32.const 190) (i32.const 7) (i32.const 264) (i32.const 268)))
+    (if (i32.eq (i32.load8_u (i32.load (i32.const 264))) (i32.const 50))
+      (then
+        (drop (call $set (i32.const 170) (i32.const 4) (i32.const 180) (i32.const 7) (i32.const 0)))
+        (drop (call $continue (i32.const 0))))
+      (else (call $deny (i32.const 403)))))
+  (func $deny (param $status i32)
+    (drop (call $set (i32.const 170) (i32.const 4) (i32.const 160) (i32.const 6) (i32.const 0)))
+    (drop (call $reply (local.get $status) (i32.const 140) (i32.const 11) (i32.const 160) (i32.const 6)
+      (i32.const 200) (i32.const 4) (i32.const -1)))))
