@@ -63,7 +63,9 @@ impl Action {
 }
 
 /// Log levels of `proxy_log` / `proxy_get_log_level`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     /// Most verbose.
@@ -259,13 +261,22 @@ mod tests {
 
     #[test]
     fn pairs_round_trip_in_the_spec_format() {
-        let pairs = vec![(":path".to_string(), "/a".to_string()), ("x".into(), "".into())];
+        let pairs = vec![
+            (":path".to_string(), "/a".to_string()),
+            ("x".into(), "".into()),
+        ];
         let bytes = encode_pairs(&pairs);
         assert_eq!(&bytes[0..4], &2u32.to_le_bytes());
         assert_eq!(&bytes[4..8], &5u32.to_le_bytes());
         assert_eq!(&bytes[20..27], b":path\0/");
         let back = decode_pairs(&bytes).unwrap_or_default();
-        assert_eq!(back, vec![(b":path".to_vec(), b"/a".to_vec()), (b"x".to_vec(), b"".to_vec())]);
+        assert_eq!(
+            back,
+            vec![
+                (b":path".to_vec(), b"/a".to_vec()),
+                (b"x".to_vec(), b"".to_vec())
+            ]
+        );
     }
 
     #[test]

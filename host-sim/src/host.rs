@@ -14,7 +14,7 @@ use crate::shared::{
     lock, Event, ForeignFunction, GrpcCallout, HttpCallout, LogEntry, Metric, Rng, Shared,
     SharedRef,
 };
-use crate::vm::{Callback, CallData, Context, Deferred, Exports, LocalReply, Vm, VmState};
+use crate::vm::{CallData, Callback, Context, Deferred, Exports, LocalReply, Vm, VmState};
 
 /// What Envoy does with a stream when the VM has failed (`failure_policy`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -293,6 +293,7 @@ impl HostBuilder {
             fuel: self.fuel,
             upstream: Box::new(|_| Response::ok()),
             configured: false,
+            guest_calls: 0,
         })
     }
 }
@@ -304,7 +305,10 @@ fn runtime(e: impl std::fmt::Display) -> Error {
 fn instantiate(module: &Module, state: VmState) -> Result<Vm> {
     let mut store = Store::new(module.engine(), state);
     store.set_fuel(u64::MAX).map_err(runtime)?;
-    let instance = module.pre().instantiate(&mut store).map_err(|e| Error::Runtime(format!("{e:#}")))?;
+    let instance = module
+        .pre()
+        .instantiate(&mut store)
+        .map_err(|e| Error::Runtime(format!("{e:#}")))?;
     let memory = instance.get_memory(&mut store, "memory");
     let bad = |problem: String| Error::BadExport {
         name: module.name().to_string(),
@@ -314,7 +318,10 @@ fn instantiate(module: &Module, state: VmState) -> Result<Vm> {
         ($name:literal) => {
             match instance.get_func(&mut store, $name) {
                 None => None,
-                Some(f) => Some(f.typed(&store).map_err(|e| bad(format!("export {} has the wrong type: {e}", $name)))?),
+                Some(f) => Some(
+                    f.typed(&store)
+                        .map_err(|e| bad(format!("export {} has the wrong type: {e}", $name)))?,
+                ),
             }
         };
     }
@@ -387,6 +394,7 @@ pub struct Host {
     fuel: u64,
     upstream: Upstream,
     configured: bool,
+    guest_calls: u64,
 }
 
 impl std::fmt::Debug for Host {
@@ -566,12 +574,16 @@ impl Host {
         };
         set(&mut v.store, self.fuel)?;
         if let Some(init) = v.exports.initialize.clone() {
-            init.call(&mut v.store, ()).map_err(|e| trap(e, "_initialize"))?;
+            init.call(&mut v.store, ())
+                .map_err(|e| trap(e, "_initialize"))?;
             if let Some(main) = v.exports.main.clone() {
-                main.call(&mut v.store, (0, 0)).map_err(|e| trap(e, "main"))?;
+                main.call(&mut v.store, (0, 0))
+                    .map_err(|e| trap(e, "main"))?;
             }
         } else if let Some(start) = v.exports.start.clone() {
-            start.call(&mut v.store, ()).map_err(|e| trap(e, "_start"))?;
+            start
+                .call(&mut v.store, ())
+                .map_err(|e| trap(e, "_start"))?;
         }
         Ok(())
     }
@@ -611,6 +623,7 @@ impl Host {
         if let Some(reason) = &v.failed {
             return Err(format!("VM already failed: {reason}"));
         }
+        self.guest_calls += 1;
         let st = v.store.data_mut();
         st.effective = call.context();
         st.callback = call.callback();
@@ -683,7 +696,9 @@ impl Host {
         properties: Vec<(String, PropertyValue)>,
     ) -> Result<StreamId> {
         if !self.configured {
-            return Err(Error::Usage("call configure() before driving streams".into()));
+            return Err(Error::Usage(
+                "call configure() before driving streams".into(),
+            ));
         }
         if worker >= self.vms.len() {
             return Err(Error::Usage(format!(
@@ -794,7 +809,12 @@ impl Host {
         self.send_inner(worker, request, Some(response))
     }
 
-    fn send_inner(&mut self, worker: usize, request: Request, response: Option<Response>) -> Result<StreamId> {
+    fn send_inner(
+        &mut self,
+        worker: usize,
+        request: Request,
+        response: Option<Response>,
+    ) -> Result<StreamId> {
         let mut properties = derived_properties(&request.headers);
         properties.extend(request.properties.iter().cloned());
         let id = self.create_stream(worker, true, properties)?;
@@ -819,7 +839,12 @@ impl Host {
     }
 
     /// Delivers request headers (`on_request_headers`).
-    pub fn request_headers(&mut self, id: StreamId, headers: Headers, end_of_stream: bool) -> Result<Action> {
+    pub fn request_headers(
+        &mut self,
+        id: StreamId,
+        headers: Headers,
+        end_of_stream: bool,
+    ) -> Result<Action> {
         let headers = lower(headers);
         let ctl = self.ctl(id)?;
         if ctl.req.started {
@@ -850,7 +875,12 @@ impl Host {
         Ok(action)
     }
 
-    fn bypass_request_headers(&mut self, id: StreamId, headers: Headers, eos: bool) -> Result<Action> {
+    fn bypass_request_headers(
+        &mut self,
+        id: StreamId,
+        headers: Headers,
+        eos: bool,
+    ) -> Result<Action> {
         let policy = self.failure_policy;
         let ctl = self.ctl(id)?;
         match policy {
@@ -872,7 +902,12 @@ impl Host {
     }
 
     /// Delivers a request body chunk (`on_request_body`).
-    pub fn request_body(&mut self, id: StreamId, chunk: &[u8], end_of_stream: bool) -> Result<Action> {
+    pub fn request_body(
+        &mut self,
+        id: StreamId,
+        chunk: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Action> {
         let ctl = self.ctl(id)?;
         if ctl.view.local_reply.is_some() || ctl.view.reset {
             return Ok(Action::Pause);
@@ -888,7 +923,10 @@ impl Host {
         }
         if ctl.req.stopped == Some(Stop::Headers) {
             // StopAllIterationAndWatermark: the body waits in front of the filter.
-            ctl.req.held_body.get_or_insert_with(Vec::new).extend_from_slice(chunk);
+            ctl.req
+                .held_body
+                .get_or_insert_with(Vec::new)
+                .extend_from_slice(chunk);
             ctl.req.held_end |= end_of_stream;
             return Ok(Action::Pause);
         }
@@ -972,7 +1010,12 @@ impl Host {
     }
 
     /// Delivers response headers (`on_response_headers`); `:status` comes first.
-    pub fn response_headers(&mut self, id: StreamId, headers: Headers, end_of_stream: bool) -> Result<Action> {
+    pub fn response_headers(
+        &mut self,
+        id: StreamId,
+        headers: Headers,
+        end_of_stream: bool,
+    ) -> Result<Action> {
         let headers = lower(headers);
         let ctl = self.ctl(id)?;
         if ctl.resp.started {
@@ -991,7 +1034,12 @@ impl Host {
         Ok(action)
     }
 
-    fn deliver_response_headers(&mut self, id: StreamId, headers: Headers, eos: bool) -> Result<Action> {
+    fn deliver_response_headers(
+        &mut self,
+        id: StreamId,
+        headers: Headers,
+        eos: bool,
+    ) -> Result<Action> {
         let ctl = self.ctl(id)?;
         let (vm, ctx) = (ctl.vm, ctl.ctx);
         let n = headers.len() as u32;
@@ -1012,7 +1060,12 @@ impl Host {
     }
 
     /// Delivers a response body chunk (`on_response_body`).
-    pub fn response_body(&mut self, id: StreamId, chunk: &[u8], end_of_stream: bool) -> Result<Action> {
+    pub fn response_body(
+        &mut self,
+        id: StreamId,
+        chunk: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Action> {
         let ctl = self.ctl(id)?;
         if ctl.view.reset || ctl.view.response_complete {
             return Ok(Action::Pause);
@@ -1025,7 +1078,10 @@ impl Host {
             return Ok(Action::Continue);
         }
         if ctl.resp.stopped == Some(Stop::Headers) {
-            ctl.resp.held_body.get_or_insert_with(Vec::new).extend_from_slice(chunk);
+            ctl.resp
+                .held_body
+                .get_or_insert_with(Vec::new)
+                .extend_from_slice(chunk);
             ctl.resp.held_end |= end_of_stream;
             return Ok(Action::Pause);
         }
@@ -1463,7 +1519,12 @@ impl Host {
     /// For `send` streams: once the whole request is upstream, play the upstream.
     fn maybe_call_upstream(&mut self, id: StreamId) -> Result<()> {
         let ctl = self.ctl(id)?;
-        if !ctl.auto || !ctl.req.complete || ctl.resp.started || ctl.view.local_reply.is_some() || ctl.view.reset {
+        if !ctl.auto
+            || !ctl.req.complete
+            || ctl.resp.started
+            || ctl.view.local_reply.is_some()
+            || ctl.view.reset
+        {
             return Ok(());
         }
         let Some(upstream) = ctl.view.upstream_request.clone() else {
@@ -1507,7 +1568,11 @@ impl Host {
                 return Ok(());
             };
             match event {
-                Event::QueueReady { vm, context_id, token } => {
+                Event::QueueReady {
+                    vm,
+                    context_id,
+                    token,
+                } => {
                     if vm < self.vms.len() && self.vms[vm].failed.is_none() {
                         self.root_call(vm, Call::QueueReady(context_id, token))?;
                     }
@@ -1525,6 +1590,11 @@ impl Host {
         let _ = self.call(vm, call);
         let deferred = std::mem::take(&mut self.vms[vm].store.data_mut().deferred);
         self.apply_deferred(vm, deferred)
+    }
+
+    /// How many times the host has called into a guest export (all VMs).
+    pub fn guest_calls(&self) -> u64 {
+        self.guest_calls
     }
 
     /// Virtual time since the host started.
@@ -1615,7 +1685,14 @@ impl Host {
     /// Answers an HTTP callout: `on_http_call_response` runs with this response.
     pub fn respond_http_call(&mut self, id: u64, response: Response) -> Result<()> {
         let body: Vec<u8> = response.body.concat();
-        self.deliver_http_response(id, Some((response.headers_with_status(), body, response.trailers.unwrap_or_default())))
+        self.deliver_http_response(
+            id,
+            Some((
+                response.headers_with_status(),
+                body,
+                response.trailers.unwrap_or_default(),
+            )),
+        )
     }
 
     /// Fails an HTTP callout as a reset connection: the guest sees no headers, no
@@ -1636,13 +1713,23 @@ impl Host {
         self.deliver_http_response(id, Some((headers, body, Vec::new())))
     }
 
-    fn deliver_http_response(&mut self, id: u64, response: Option<(Headers, Vec<u8>, Headers)>) -> Result<()> {
+    fn deliver_http_response(
+        &mut self,
+        id: u64,
+        response: Option<(Headers, Vec<u8>, Headers)>,
+    ) -> Result<()> {
         let callout = lock(&self.shared)
             .http_callouts
             .remove(&id)
             .ok_or_else(|| Error::Usage(format!("no pending HTTP callout {id}")))?;
         let vm = callout.vm;
-        if self.vms[vm].failed.is_some() || !self.vms[vm].store.data().contexts.contains_key(&callout.context_id) {
+        if self.vms[vm].failed.is_some()
+            || !self.vms[vm]
+                .store
+                .data()
+                .contexts
+                .contains_key(&callout.context_id)
+        {
             return Ok(());
         }
         let (nh, nb, nt) = match &response {
@@ -1659,7 +1746,10 @@ impl Host {
             st.call.http_body = Some(Vec::new());
             st.call.http_trailers = Some(Vec::new());
         }
-        self.root_call_keep(vm, Call::HttpCallResponse(callout.context_id, callout.token, nh, nb, nt))?;
+        self.root_call_keep(
+            vm,
+            Call::HttpCallResponse(callout.context_id, callout.token, nh, nb, nt),
+        )?;
         self.pump()
     }
 
@@ -1687,7 +1777,11 @@ impl Host {
             || (!callout.streaming && matches!(event, GrpcEvent::Message(_)));
         if ends {
             lock(&self.shared).grpc_callouts.remove(&id);
-            self.vms[vm].store.data_mut().grpc_tokens.remove(&callout.token);
+            self.vms[vm]
+                .store
+                .data_mut()
+                .grpc_tokens
+                .remove(&callout.token);
         }
         if self.vms[vm].failed.is_some() {
             return Ok(());
@@ -1721,8 +1815,16 @@ impl Host {
 
     /// Calls the guest's `proxy_on_foreign_function` on a worker's root context
     /// (how Envoy delivers foreign-function events to a plugin).
-    pub fn call_guest_foreign_function(&mut self, worker: usize, function_id: u32, data: &[u8]) -> Result<()> {
-        let v = self.vms.get_mut(worker).ok_or_else(|| Error::Usage(format!("no worker {worker}")))?;
+    pub fn call_guest_foreign_function(
+        &mut self,
+        worker: usize,
+        function_id: u32,
+        data: &[u8],
+    ) -> Result<()> {
+        let v = self
+            .vms
+            .get_mut(worker)
+            .ok_or_else(|| Error::Usage(format!("no worker {worker}")))?;
         let st = v.store.data_mut();
         let root = st.root_id;
         st.call.foreign_args = Some(data.to_vec());
@@ -1750,20 +1852,28 @@ impl Host {
     pub fn set_shared_data(&mut self, key: &str, value: &[u8]) {
         let mut sh = lock(&self.shared);
         let cas = sh.next_cas();
-        sh.data.insert(key.as_bytes().to_vec(), (value.to_vec(), cas));
+        sh.data
+            .insert(key.as_bytes().to_vec(), (value.to_vec(), cas));
     }
 
     /// Enqueues onto a registered shared queue from outside and delivers
     /// `on_queue_ready` to its owner.
     pub fn enqueue(&mut self, queue: &str, value: &[u8]) -> Result<()> {
         {
-            let vm_id = self.vms.first().map(|v| v.store.data().vm_id.clone()).unwrap_or_default();
+            let vm_id = self
+                .vms
+                .first()
+                .map(|v| v.store.data().vm_id.clone())
+                .unwrap_or_default();
             let mut sh = lock(&self.shared);
             let token = *sh
                 .queue_tokens
                 .get(&(vm_id, queue.to_string()))
                 .ok_or_else(|| Error::Usage(format!("no shared queue named {queue:?}")))?;
-            let q = sh.queues.get_mut(&token).ok_or_else(|| Error::Usage("queue vanished".into()))?;
+            let q = sh
+                .queues
+                .get_mut(&token)
+                .ok_or_else(|| Error::Usage("queue vanished".into()))?;
             q.items.push_back(value.to_vec());
             let event = Event::QueueReady {
                 vm: q.owner_vm,
@@ -1814,7 +1924,9 @@ impl Host {
     pub fn tick_period(&self, worker: usize) -> Option<Duration> {
         let v = self.vms.get(worker)?;
         let st = v.store.data();
-        st.ticks.get(&st.root_id).map(|t| Duration::from_nanos(t.period_ns))
+        st.ticks
+            .get(&st.root_id)
+            .map(|t| Duration::from_nanos(t.period_ns))
     }
 
     /// Registers a foreign function the guest can call by name.
@@ -1836,7 +1948,13 @@ impl Host {
     /// runs and, if it returns false, the guest must call `proxy_done`.
     /// Returns whether the root finished at once.
     pub fn shutdown_root(&mut self, worker: usize) -> Result<bool> {
-        let root = self.vms.get(worker).ok_or_else(|| Error::Usage(format!("no worker {worker}")))?.store.data().root_id;
+        let root = self
+            .vms
+            .get(worker)
+            .ok_or_else(|| Error::Usage(format!("no worker {worker}")))?
+            .store
+            .data()
+            .root_id;
         crate::imports::expect_done(self.vms[worker].store.data_mut(), root);
         let r = self.call(worker, Call::Done(root));
         let done = matches!(r, Ok(Some(v)) if v != 0);
@@ -1866,21 +1984,33 @@ enum Timer {
     GrpcTimeout(u64),
 }
 
-fn opt1(f: &Option<wasmtime::TypedFunc<u32, ()>>, s: &mut Store<VmState>, a: u32) -> wasmtime::Result<Option<u32>> {
+fn opt1(
+    f: &Option<wasmtime::TypedFunc<u32, ()>>,
+    s: &mut Store<VmState>,
+    a: u32,
+) -> wasmtime::Result<Option<u32>> {
     match f {
         Some(f) => f.call(s, a).map(|()| None),
         None => Ok(None),
     }
 }
 
-fn opt2(f: &Option<wasmtime::TypedFunc<(u32, u32), ()>>, s: &mut Store<VmState>, a: (u32, u32)) -> wasmtime::Result<Option<u32>> {
+fn opt2(
+    f: &Option<wasmtime::TypedFunc<(u32, u32), ()>>,
+    s: &mut Store<VmState>,
+    a: (u32, u32),
+) -> wasmtime::Result<Option<u32>> {
     match f {
         Some(f) => f.call(s, a).map(|()| None),
         None => Ok(None),
     }
 }
 
-fn opt3(f: &Option<wasmtime::TypedFunc<(u32, u32, u32), ()>>, s: &mut Store<VmState>, a: (u32, u32, u32)) -> wasmtime::Result<Option<u32>> {
+fn opt3(
+    f: &Option<wasmtime::TypedFunc<(u32, u32, u32), ()>>,
+    s: &mut Store<VmState>,
+    a: (u32, u32, u32),
+) -> wasmtime::Result<Option<u32>> {
     match f {
         Some(f) => f.call(s, a).map(|()| None),
         None => Ok(None),
@@ -1899,7 +2029,11 @@ fn opt2r(
     }
 }
 
-fn opt3r(f: &Option<wasmtime::TypedFunc<(u32, u32, u32), u32>>, s: &mut Store<VmState>, a: (u32, u32, u32)) -> wasmtime::Result<Option<u32>> {
+fn opt3r(
+    f: &Option<wasmtime::TypedFunc<(u32, u32, u32), u32>>,
+    s: &mut Store<VmState>,
+    a: (u32, u32, u32),
+) -> wasmtime::Result<Option<u32>> {
     match f {
         Some(f) => f.call(s, a).map(Some),
         None => Ok(Some(0)),
@@ -1928,19 +2062,44 @@ fn local_reply_headers(reply: &LocalReply) -> Headers {
 /// The stream properties Envoy derives from the request (`request.*`) plus the
 /// connection defaults a test can override.
 fn derived_properties(headers: &Headers) -> Vec<(String, PropertyValue)> {
-    let get = |n: &str| crate::shared::find_header(headers, n).unwrap_or("").to_string();
+    let get = |n: &str| {
+        crate::shared::find_header(headers, n)
+            .unwrap_or("")
+            .to_string()
+    };
     let path = get(":path");
     let url_path = path.split('?').next().unwrap_or("").to_string();
     let mut props = vec![
         ("request.path".to_string(), PropertyValue::String(path)),
-        ("request.url_path".to_string(), PropertyValue::String(url_path)),
-        ("request.method".to_string(), PropertyValue::String(get(":method"))),
-        ("request.host".to_string(), PropertyValue::String(get(":authority"))),
-        ("request.scheme".to_string(), PropertyValue::String(get(":scheme"))),
-        ("request.protocol".to_string(), PropertyValue::String("HTTP/1.1".into())),
-        ("source.address".to_string(), PropertyValue::String("127.0.0.1:50000".into())),
+        (
+            "request.url_path".to_string(),
+            PropertyValue::String(url_path),
+        ),
+        (
+            "request.method".to_string(),
+            PropertyValue::String(get(":method")),
+        ),
+        (
+            "request.host".to_string(),
+            PropertyValue::String(get(":authority")),
+        ),
+        (
+            "request.scheme".to_string(),
+            PropertyValue::String(get(":scheme")),
+        ),
+        (
+            "request.protocol".to_string(),
+            PropertyValue::String("HTTP/1.1".into()),
+        ),
+        (
+            "source.address".to_string(),
+            PropertyValue::String("127.0.0.1:50000".into()),
+        ),
         ("source.port".to_string(), PropertyValue::Int(50000)),
-        ("destination.address".to_string(), PropertyValue::String("127.0.0.1:10000".into())),
+        (
+            "destination.address".to_string(),
+            PropertyValue::String("127.0.0.1:10000".into()),
+        ),
         ("destination.port".to_string(), PropertyValue::Int(10000)),
     ];
     let id = get("x-request-id");

@@ -97,15 +97,19 @@ pub(crate) fn log_line(st: &VmState, level: LogLevel, message: String) {
 }
 
 fn link_logging_and_time(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
-    l.func_wrap("env", "proxy_log", |c: C, level: u32, ptr: u32, len: u32| {
-        code((|| {
-            // Envoy rejects levels above critical before reading the message.
-            let level = LogLevel::from_raw(level).ok_or(Status::BadArgument)?;
-            let message = read_string(&c, ptr, len)?;
-            log_line(c.data(), level, message);
-            Ok(())
-        })())
-    })?;
+    l.func_wrap(
+        "env",
+        "proxy_log",
+        |c: C, level: u32, ptr: u32, len: u32| {
+            code((|| {
+                // Envoy rejects levels above critical before reading the message.
+                let level = LogLevel::from_raw(level).ok_or(Status::BadArgument)?;
+                let message = read_string(&c, ptr, len)?;
+                log_line(c.data(), level, message);
+                Ok(())
+            })())
+        },
+    )?;
     l.func_wrap("env", "proxy_get_log_level", |mut c: C, ret: u32| {
         let level = lock(&c.data().shared).log_level.unwrap_or(LogLevel::Info);
         code(write_u32(&mut c, ret, level as u32))
@@ -216,7 +220,12 @@ fn link_buffers(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                     write_u32(&mut c, ret_ptr, 0).and_then(|()| write_u32(&mut c, ret_len, 0)),
                 ));
             }
-            Ok(code(write_alloc(&mut c, &bytes[start..end], ret_ptr, ret_len)?))
+            Ok(code(write_alloc(
+                &mut c,
+                &bytes[start..end],
+                ret_ptr,
+                ret_len,
+            )?))
         },
     )?;
     l.func_wrap(
@@ -454,7 +463,10 @@ fn link_properties(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 if st.stream(id).is_none() {
                     return Err(Status::NotFound);
                 }
-                st.guest_properties.entry(id).or_default().insert(key, value);
+                st.guest_properties
+                    .entry(id)
+                    .or_default()
+                    .insert(key, value);
                 Ok(())
             })())
         },
@@ -655,15 +667,7 @@ fn link_stream_control(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     l.func_wrap(
         "env",
         "proxy_send_local_response",
-        |mut c: C,
-         status: u32,
-         dp: u32,
-         dl: u32,
-         bp: u32,
-         bl: u32,
-         hp: u32,
-         hl: u32,
-         grpc: i32| {
+        |mut c: C, status: u32, dp: u32, dl: u32, bp: u32, bl: u32, hp: u32, hl: u32, grpc: i32| {
             code((|| {
                 let details = read_string(&c, dp, dl)?;
                 let body = read(&c, bp, bl)?;
@@ -801,8 +805,8 @@ fn open_grpc(c: &mut C, open: GrpcOpen, ret: u32) -> HostResult {
         st.next_grpc_call
     };
     let id = sh.next_callout_id();
-    let deadline_ns =
-        (!streaming && open.timeout_ms > 0).then(|| sh.now_ns + u64::from(open.timeout_ms) * 1_000_000);
+    let deadline_ns = (!streaming && open.timeout_ms > 0)
+        .then(|| sh.now_ns + u64::from(open.timeout_ms) * 1_000_000);
     sh.grpc_callouts.insert(
         id,
         GrpcCallout {
@@ -863,7 +867,16 @@ fn link_grpc(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     l.func_wrap(
         "env",
         "proxy_grpc_stream",
-        |mut c: C, up: u32, ul: u32, sp: u32, sl: u32, mp: u32, ml: u32, hp: u32, hl: u32, ret: u32| {
+        |mut c: C,
+         up: u32,
+         ul: u32,
+         sp: u32,
+         sl: u32,
+         mp: u32,
+         ml: u32,
+         hp: u32,
+         hl: u32,
+         ret: u32| {
             code((|| {
                 let open = GrpcOpen {
                     cluster: read_string(&c, up, ul)?,
@@ -980,7 +993,12 @@ fn link_metrics(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     )?;
     l.func_wrap("env", "proxy_get_metric", |mut c: C, id: u32, ret: u32| {
         code((|| {
-            let (kind, name) = c.data().metric_ids.get(&id).cloned().ok_or(Status::NotFound)?;
+            let (kind, name) = c
+                .data()
+                .metric_ids
+                .get(&id)
+                .cloned()
+                .ok_or(Status::NotFound)?;
             if kind == MetricKind::Histogram {
                 return Err(Status::BadArgument);
             }
@@ -994,7 +1012,12 @@ fn link_metrics(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     })?;
     l.func_wrap("env", "proxy_record_metric", |c: C, id: u32, value: u64| {
         code((|| {
-            let (kind, name) = c.data().metric_ids.get(&id).cloned().ok_or(Status::NotFound)?;
+            let (kind, name) = c
+                .data()
+                .metric_ids
+                .get(&id)
+                .cloned()
+                .ok_or(Status::NotFound)?;
             let mut sh = lock(&c.data().shared);
             let m = sh.metrics.get_mut(&name).ok_or(Status::NotFound)?;
             match kind {

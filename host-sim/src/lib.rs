@@ -14,7 +14,9 @@ mod wasi;
 
 pub use abi::{Action, Headers, LogLevel, MetricKind, Status};
 pub use error::{Error, Result};
-pub use host::{FailurePolicy, GrpcEvent, Host, HostBuilder, StreamId, StreamView, UpstreamRequest};
+pub use host::{
+    FailurePolicy, GrpcEvent, Host, HostBuilder, StreamId, StreamView, UpstreamRequest,
+};
 pub use http::{PropertyValue, Request, Response};
 pub use module::{provided_imports, AbiVersion, Module};
 pub use scenario::{run_scenario, Report, Scenario, StepReport, Verdict};

@@ -118,7 +118,9 @@ impl Module {
 
 /// Every import host-sim provides, as `(module, name)`.
 pub fn provided_imports() -> Vec<(String, String)> {
-    let env = ENV_IMPORTS.iter().map(|n| ("env".to_string(), n.to_string()));
+    let env = ENV_IMPORTS
+        .iter()
+        .map(|n| ("env".to_string(), n.to_string()));
     let wasi = WASI_IMPORTS
         .iter()
         .map(|n| ("wasi_snapshot_preview1".to_string(), n.to_string()));

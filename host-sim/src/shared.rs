@@ -115,7 +115,11 @@ pub(crate) struct Queue {
 /// Work the host delivers after the current callback returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Event {
-    QueueReady { vm: usize, context_id: u32, token: u32 },
+    QueueReady {
+        vm: usize,
+        context_id: u32,
+        token: u32,
+    },
 }
 
 /// A foreign function a test registers (`proxy_call_foreign_function`).

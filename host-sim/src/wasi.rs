@@ -65,7 +65,10 @@ fn write_strings(c: &mut C, list: &[String], ptrs: u32, buf: u32) -> i32 {
         let mut bytes = s.as_bytes().to_vec();
         bytes.push(0);
         let slot = ptrs.wrapping_add(4 * i as u32);
-        if write_u32(c, slot, offset).and_then(|()| write(c, offset, &bytes)).is_err() {
+        if write_u32(c, slot, offset)
+            .and_then(|()| write(c, offset, &bytes))
+            .is_err()
+        {
             return EFAULT;
         }
         offset = offset.wrapping_add(bytes.len() as u32);
@@ -76,7 +79,8 @@ fn write_strings(c: &mut C, list: &[String], ptrs: u32, buf: u32) -> i32 {
 fn sizes(c: &mut C, list: &[String], count_ptr: u32, size_ptr: u32) -> i32 {
     let size: usize = list.iter().map(|s| s.len() + 1).sum();
     errno(
-        write_u32(c, count_ptr, list.len() as u32).and_then(|()| write_u32(c, size_ptr, size as u32)),
+        write_u32(c, count_ptr, list.len() as u32)
+            .and_then(|()| write_u32(c, size_ptr, size as u32)),
     )
 }
 
@@ -85,33 +89,49 @@ fn environ(st: &VmState) -> Vec<String> {
 }
 
 pub(crate) fn link(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
-    l.func_wrap(M, "fd_write", |mut c: C, fd: i32, iovs: u32, n: u32, ret: u32| {
-        if fd != 1 && fd != 2 {
-            return EBADF;
-        }
-        let mut out = Vec::new();
-        for i in 0..n {
-            let Ok(iov) = read(&c, iovs.wrapping_add(8 * i), 8) else {
-                return EFAULT;
-            };
-            let ptr = u32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
-            let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
-            match read(&c, ptr, len) {
-                Ok(b) => out.extend_from_slice(&b),
-                Err(_) => return EFAULT,
+    l.func_wrap(
+        M,
+        "fd_write",
+        |mut c: C, fd: i32, iovs: u32, n: u32, ret: u32| {
+            if fd != 1 && fd != 2 {
+                return EBADF;
             }
-        }
-        let level = if fd == 1 { LogLevel::Info } else { LogLevel::Error };
-        let text = String::from_utf8_lossy(&out);
-        let text = text.strip_suffix('\n').unwrap_or(&text).to_string();
-        if !text.is_empty() {
-            log_line(c.data(), level, text);
-        }
-        errno(write_u32(&mut c, ret, out.len() as u32))
-    })?;
-    l.func_wrap(M, "fd_read", |_c: C, _fd: i32, _iovs: u32, _n: u32, _ret: u32| ENOSYS)?;
+            let mut out = Vec::new();
+            for i in 0..n {
+                let Ok(iov) = read(&c, iovs.wrapping_add(8 * i), 8) else {
+                    return EFAULT;
+                };
+                let ptr = u32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
+                let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
+                match read(&c, ptr, len) {
+                    Ok(b) => out.extend_from_slice(&b),
+                    Err(_) => return EFAULT,
+                }
+            }
+            let level = if fd == 1 {
+                LogLevel::Info
+            } else {
+                LogLevel::Error
+            };
+            let text = String::from_utf8_lossy(&out);
+            let text = text.strip_suffix('\n').unwrap_or(&text).to_string();
+            if !text.is_empty() {
+                log_line(c.data(), level, text);
+            }
+            errno(write_u32(&mut c, ret, out.len() as u32))
+        },
+    )?;
+    l.func_wrap(
+        M,
+        "fd_read",
+        |_c: C, _fd: i32, _iovs: u32, _n: u32, _ret: u32| ENOSYS,
+    )?;
     l.func_wrap(M, "fd_close", |_c: C, _fd: i32| ENOSYS)?;
-    l.func_wrap(M, "fd_seek", |_c: C, _fd: i32, _off: i64, _wh: i32, _ret: u32| ENOSYS)?;
+    l.func_wrap(
+        M,
+        "fd_seek",
+        |_c: C, _fd: i32, _off: i64, _wh: i32, _ret: u32| ENOSYS,
+    )?;
     l.func_wrap(M, "fd_fdstat_get", |mut c: C, fd: i32, ret: u32| {
         if !(0..=2).contains(&fd) {
             return EBADF;
@@ -123,13 +143,24 @@ pub(crate) fn link(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         errno(write(&mut c, ret, &stat))
     })?;
     l.func_wrap(M, "fd_prestat_get", |_c: C, _fd: i32, _ret: u32| EBADF)?;
-    l.func_wrap(M, "fd_prestat_dir_name", |_c: C, _fd: i32, _p: u32, _l: u32| EBADF)?;
+    l.func_wrap(
+        M,
+        "fd_prestat_dir_name",
+        |_c: C, _fd: i32, _p: u32, _l: u32| EBADF,
+    )?;
     l.func_wrap(
         M,
         "path_open",
-        |_c: C, _fd: i32, _df: i32, _p: u32, _l: u32, _of: i32, _rb: i64, _ri: i64, _ff: i32, _ret: u32| {
-            ENOSYS
-        },
+        |_c: C,
+         _fd: i32,
+         _df: i32,
+         _p: u32,
+         _l: u32,
+         _of: i32,
+         _rb: i64,
+         _ri: i64,
+         _ff: i32,
+         _ret: u32| { ENOSYS },
     )?;
     l.func_wrap(M, "environ_sizes_get", |mut c: C, count: u32, size: u32| {
         let list = environ(c.data());
@@ -147,17 +178,21 @@ pub(crate) fn link(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         let list = c.data().args.clone();
         write_strings(&mut c, &list, ptrs, buf)
     })?;
-    l.func_wrap(M, "clock_time_get", |mut c: C, id: i32, _precision: i64, ret: u32| {
-        let sh = lock(&c.data().shared);
-        let now = match id {
-            0 => sh.realtime_ns(),
-            // monotonic, process and thread CPU time all follow the virtual clock.
-            1..=3 => sh.now_ns,
-            _ => return EINVAL,
-        };
-        drop(sh);
-        errno(write_u64(&mut c, ret, now))
-    })?;
+    l.func_wrap(
+        M,
+        "clock_time_get",
+        |mut c: C, id: i32, _precision: i64, ret: u32| {
+            let sh = lock(&c.data().shared);
+            let now = match id {
+                0 => sh.realtime_ns(),
+                // monotonic, process and thread CPU time all follow the virtual clock.
+                1..=3 => sh.now_ns,
+                _ => return EINVAL,
+            };
+            drop(sh);
+            errno(write_u64(&mut c, ret, now))
+        },
+    )?;
     l.func_wrap(M, "clock_res_get", |mut c: C, id: i32, ret: u32| {
         if !(0..=3).contains(&id) {
             return EINVAL;
@@ -169,11 +204,19 @@ pub(crate) fn link(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         lock(&c.data().shared).rng().fill(&mut bytes);
         errno(write(&mut c, ptr, &bytes))
     })?;
-    l.func_wrap(M, "proc_exit", |mut c: C, code: i32| -> wasmtime::Result<()> {
-        c.data_mut().exit_code = Some(code);
-        Err(ProcExit(code).into())
-    })?;
+    l.func_wrap(
+        M,
+        "proc_exit",
+        |mut c: C, code: i32| -> wasmtime::Result<()> {
+            c.data_mut().exit_code = Some(code);
+            Err(ProcExit(code).into())
+        },
+    )?;
     l.func_wrap(M, "sched_yield", |_c: C| ESUCCESS)?;
-    l.func_wrap(M, "poll_oneoff", |_c: C, _i: u32, _o: u32, _n: u32, _ret: u32| ENOSYS)?;
+    l.func_wrap(
+        M,
+        "poll_oneoff",
+        |_c: C, _i: u32, _o: u32, _n: u32, _ret: u32| ENOSYS,
+    )?;
     Ok(())
 }

@@ -41,7 +41,10 @@ fn guest(on_request_headers: &str, extra: &str) -> String {
 
 fn host(wat: &str, policy: FailurePolicy) -> Host {
     let module = Module::from_bytes("guest.wat", wat.as_bytes()).unwrap();
-    let mut host = Host::builder(&module).failure_policy(policy).build().unwrap();
+    let mut host = Host::builder(&module)
+        .failure_policy(policy)
+        .build()
+        .unwrap();
     assert!(host.configure().unwrap());
     host
 }
@@ -95,7 +98,10 @@ fn a_trap_fails_closed_with_503_and_the_vm_stays_failed() {
     let view = host.stream(first).unwrap().clone();
     assert_eq!(view.status(), Some(503));
     assert_eq!(view.local_reply.unwrap().details, "wasm_fail_stream");
-    assert!(view.upstream_request.is_none(), "upstream must not be called");
+    assert!(
+        view.upstream_request.is_none(),
+        "upstream must not be called"
+    );
     assert!(host.vm_failure(0).unwrap().contains("unreachable"));
     // Later requests on the failed VM are refused too, without calling the guest.
     let second = host.send(0, Request::get("/")).unwrap();
@@ -114,7 +120,10 @@ fn a_trap_fails_open_when_configured_and_requests_reach_the_upstream() {
         let s = host.send(0, Request::get("/a")).unwrap();
         let view = host.stream(s).unwrap();
         assert_eq!(view.status(), Some(200));
-        assert_eq!(view.upstream_request.as_ref().unwrap().header(":path"), Some("/a"));
+        assert_eq!(
+            view.upstream_request.as_ref().unwrap().header(":path"),
+            Some("/a")
+        );
     }
     assert!(host.vm_failure(0).is_some());
 }
@@ -123,7 +132,10 @@ fn a_trap_fails_open_when_configured_and_requests_reach_the_upstream() {
 fn a_guest_that_never_returns_runs_out_of_fuel_and_traps() {
     let wat = guest("(loop $l (br $l))", "");
     let module = Module::from_bytes("hang.wat", wat.as_bytes()).unwrap();
-    let mut host = Host::builder(&module).fuel_per_callback(1_000_000).build().unwrap();
+    let mut host = Host::builder(&module)
+        .fuel_per_callback(1_000_000)
+        .build()
+        .unwrap();
     assert!(host.configure().unwrap());
     let s = host.send(0, Request::get("/")).unwrap();
     assert_eq!(host.stream(s).unwrap().status(), Some(503));
@@ -162,7 +174,10 @@ fn ticks_fire_per_period_as_virtual_time_passes() {
     assert!(host.configure().unwrap());
     assert_eq!(host.tick_period(0), Some(Duration::from_millis(100)));
     host.advance(Duration::from_millis(99)).unwrap();
-    assert!(host.shared_data("ticks").is_none(), "no tick before one period");
+    assert!(
+        host.shared_data("ticks").is_none(),
+        "no tick before one period"
+    );
     host.advance(Duration::from_millis(1)).unwrap();
     // Both workers' root contexts tick: two ticks at t=100ms.
     assert_eq!(host.shared_data("ticks").unwrap().0, vec![2]);
@@ -200,7 +215,11 @@ fn a_module_without_the_abi_marker_is_not_proxy_wasm() {
 
 #[test]
 fn an_abi_0_1_0_module_is_refused_by_name() {
-    let err = Module::from_bytes("old.wat", b"(module (func (export \"proxy_abi_version_0_1_0\")))").unwrap_err();
+    let err = Module::from_bytes(
+        "old.wat",
+        b"(module (func (export \"proxy_abi_version_0_1_0\")))",
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("0.1.0"), "{err}");
 }
 
@@ -230,7 +249,10 @@ fn an_export_with_the_wrong_signature_is_a_load_error() {
         (func (export "proxy_on_request_headers") (param i32) (result i32) i32.const 0))"#;
     let module = Module::from_bytes("sig.wat", wat.as_bytes()).unwrap();
     let err = Host::builder(&module).build().unwrap_err();
-    assert!(err.to_string().contains("proxy_on_request_headers"), "{err}");
+    assert!(
+        err.to_string().contains("proxy_on_request_headers"),
+        "{err}"
+    );
 }
 
 #[test]

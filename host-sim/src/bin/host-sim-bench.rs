@@ -17,11 +17,6 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use host_sim::{Host, Module, Request};
 
-/// Guest entries per `send` of a GET answered with a body: proxy_on_context_create,
-/// on_request_headers, on_response_headers, on_response_body, on_log, on_done and
-/// on_delete. host-sim has no call counter to measure it (see the report).
-const CALLS_PER_REQUEST: u64 = 7;
-
 /// The requests/s host-sim should reach on one core (release build).
 const TARGET_REQUESTS_PER_S: f64 = 100_000.0;
 
@@ -101,7 +96,8 @@ fn raw_calls(budget: Duration) -> anyhow::Result<Phase> {
     })
 }
 
-fn requests(budget: Duration, wasm: &PathBuf) -> anyhow::Result<Phase> {
+/// Times `send` through the module; also returns the guest calls one request makes.
+fn requests(budget: Duration, wasm: &PathBuf) -> anyhow::Result<(Phase, u64)> {
     let module = Module::from_file(wasm)
         .with_context(|| "run `make wasm` to build the fixture".to_string())?;
     let mut host = Host::builder(&module).build()?;
@@ -109,20 +105,23 @@ fn requests(budget: Duration, wasm: &PathBuf) -> anyhow::Result<Phase> {
         bail!("{} rejected an empty configuration", module.name());
     }
     // Check the filter really runs before timing it.
+    let before = host.guest_calls();
     let id = host.send(0, Request::get("/"))?;
+    let calls_per_request = host.guest_calls() - before;
     let view = host.remove_stream(id)?;
     if view.status() != Some(200) || !view.finished {
         bail!("a GET did not complete with 200: {view:?}");
     }
     const BATCH: u64 = 1_000;
-    measure(budget, BATCH, || {
+    let phase = measure(budget, BATCH, || {
         for _ in 0..BATCH {
             let id = host.send(0, Request::get("/"))?;
             // Drop the finished stream so memory stays flat over millions of requests.
             host.remove_stream(id)?;
         }
         Ok(())
-    })
+    })?;
+    Ok((phase, calls_per_request))
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
@@ -131,10 +130,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     let budget = Duration::from_secs_f64(args.seconds);
     let raw = raw_calls(budget)?;
-    let req = requests(budget, &args.wasm)?;
+    let (req, calls_per_request) = requests(budget, &args.wasm)?;
     let ratio = req.per_second() / raw.per_second();
     // How close host-sim gets to the raw cost of its guest calls (1.0 = no overhead).
-    let efficiency = raw.ns_per_op() * CALLS_PER_REQUEST as f64 / req.ns_per_op();
+    let efficiency = raw.ns_per_op() * calls_per_request as f64 / req.ns_per_op();
     let name = args
         .wasm
         .file_name()
@@ -160,7 +159,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     println!(
-        "requests/s ÷ raw calls/s = {ratio:.5}; guest calls per request = {CALLS_PER_REQUEST}; \
+        "requests/s ÷ raw calls/s = {ratio:.5}; guest calls per request = {calls_per_request}; \
          raw cost of those calls / request cost = {efficiency:.3}; target {TARGET_REQUESTS_PER_S:.0} requests/s: {}",
         if req.per_second() >= TARGET_REQUESTS_PER_S { "met" } else { "NOT met" }
     );
@@ -170,7 +169,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         "raw_calls_per_s": raw.per_second().round(),
         "requests_per_s": req.per_second().round(),
         "ratio_requests_to_raw_calls": ratio,
-        "calls_per_request": CALLS_PER_REQUEST,
+        "calls_per_request": calls_per_request,
         "raw_call_ns": raw.ns_per_op(),
         "request_ns": req.ns_per_op(),
         "efficiency": efficiency,

@@ -105,7 +105,8 @@ impl Case {
     }
 
     fn header(mut self, name: &str, value: &str) -> Case {
-        self.headers.push((name.to_ascii_lowercase(), value.to_string()));
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_string()));
         self
     }
 
@@ -232,10 +233,17 @@ fn sim_answer_callouts(host: &mut Host) -> Result<()> {
 }
 
 fn sim_report(host: &mut Host, run: &str) -> Result<Vec<String>> {
-    let s = host.send(WORKER, host_sim::Request::get("/report").header("x-report", run))?;
+    let s = host.send(
+        WORKER,
+        host_sim::Request::get("/report").header("x-report", run),
+    )?;
     let view = host.stream(s)?;
     if view.status() != Some(200) {
-        bail!("host-sim report {run}: status {:?}: {}", view.status(), view.body_str());
+        bail!(
+            "host-sim report {run}: status {:?}: {}",
+            view.status(),
+            view.body_str()
+        );
     }
     Ok(lines(&view.body_str()))
 }
@@ -246,11 +254,14 @@ fn run_host_sim(case: &Case) -> Result<Vec<String>> {
         bail!("host-sim: on_configure returned false");
     }
     if case.first_tick {
-        let ms = case.config["tick_ms"].as_u64().context("first_tick needs tick_ms")?;
+        let ms = case.config["tick_ms"]
+            .as_u64()
+            .context("first_tick needs tick_ms")?;
         host.advance(Duration::from_millis(ms))?;
     }
     host.set_upstream(|up| steered_response(&up.headers).0);
-    let mut request = host_sim::Request::new(case.method, case.path).set_header(":authority", AUTHORITY);
+    let mut request =
+        host_sim::Request::new(case.method, case.path).set_header(":authority", AUTHORITY);
     for (k, v) in case.request_headers() {
         request = request.header(&k, &v);
     }
@@ -262,7 +273,12 @@ fn run_host_sim(case: &Case) -> Result<Vec<String>> {
     let view = host.stream(s)?.clone();
     let mut report = sim_report(&mut host, case.name)?;
     let headers = view.response_headers.clone().unwrap_or_default();
-    report.push(client_line(view.status().unwrap_or(0), &headers, &view.response_body, &case.client_headers));
+    report.push(client_line(
+        view.status().unwrap_or(0),
+        &headers,
+        &view.response_body,
+        &case.client_headers,
+    ));
     if case.root_report {
         report.extend(sim_report(&mut host, "root")?);
     }
@@ -296,7 +312,9 @@ fn start_envoy(case: &Case) -> Result<EnvoyRun> {
 fn envoy_report_once(envoy: &Envoy, run: &str) -> Result<Vec<String>> {
     let r = send(
         envoy.listener_addr(),
-        &Request::get("/report").header("host", AUTHORITY).header("x-report", run),
+        &Request::get("/report")
+            .header("host", AUTHORITY)
+            .header("x-report", run),
     )?;
     if r.status != 200 {
         bail!("Envoy report {run}: status {}: {}", r.status, r.body_str());
@@ -324,7 +342,9 @@ fn envoy_report_until(
 
 /// How many VMs have written root lines (`vm<n> vm_start`).
 fn vm_count(root: &[String]) -> usize {
-    root.iter().filter(|l| l.ends_with(" vm_start size=0")).count()
+    root.iter()
+        .filter(|l| l.ends_with(" vm_start size=0"))
+        .count()
 }
 
 fn run_envoy(case: &Case) -> Result<(Vec<String>, EnvoyRun)> {
@@ -354,7 +374,12 @@ fn run_envoy(case: &Case) -> Result<(Vec<String>, EnvoyRun)> {
         .iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         .collect();
-    report.push(client_line(response.status, &headers, &response.body, &case.client_headers));
+    report.push(client_line(
+        response.status,
+        &headers,
+        &response.body,
+        &case.client_headers,
+    ));
     if case.root_report {
         report.extend(envoy_report_once(envoy, "root")?);
     }
@@ -406,10 +431,16 @@ fn diff(sim: &[String], envoy: &[String]) -> String {
 /// Runs a case through both hosts and asserts equal reports; returns the Envoy run for
 /// further checks.
 fn check(case: &Case) -> EnvoyRun {
-    let sim = run_host_sim(case).unwrap_or_else(|e| panic!("case {}: host-sim failed: {e:#}", case.name));
-    let (envoy, run) = run_envoy(case).unwrap_or_else(|e| panic!("case {}: Envoy failed: {e:#}", case.name));
+    let sim =
+        run_host_sim(case).unwrap_or_else(|e| panic!("case {}: host-sim failed: {e:#}", case.name));
+    let (envoy, run) =
+        run_envoy(case).unwrap_or_else(|e| panic!("case {}: Envoy failed: {e:#}", case.name));
     if std::env::var_os("CONFORMANCE_SHOW").is_some() {
-        eprintln!("=== {} (host-sim | Envoy)\n{}", case.name, diff(&sim, &envoy));
+        eprintln!(
+            "=== {} (host-sim | Envoy)\n{}",
+            case.name,
+            diff(&sim, &envoy)
+        );
     }
     if sim != envoy {
         panic!(

@@ -17,7 +17,9 @@ fn minimal() -> &'static Module {
 fn a_filter_is_tested_in_a_few_lines() {
     let mut host = Host::builder(minimal()).build().unwrap();
     assert!(host.configure().unwrap());
-    let s = host.send(0, Request::get("/hello").header("x-tag", "1")).unwrap();
+    let s = host
+        .send(0, Request::get("/hello").header("x-tag", "1"))
+        .unwrap();
     let view = host.stream(s).unwrap();
     assert_eq!(view.status(), Some(200));
     assert_eq!(view.response_header("x-minimal"), Some("tagged"));
@@ -31,14 +33,24 @@ fn phases_can_be_driven_one_by_one() {
     assert!(host.configure().unwrap());
     let s = host.new_stream(1).unwrap();
     let headers = Request::post("/upload").headers;
-    assert_eq!(host.request_headers(s, headers, false).unwrap(), Action::Continue);
-    assert_eq!(host.request_body(s, b"part1", false).unwrap(), Action::Continue);
-    assert_eq!(host.request_body(s, b"part2", true).unwrap(), Action::Continue);
+    assert_eq!(
+        host.request_headers(s, headers, false).unwrap(),
+        Action::Continue
+    );
+    assert_eq!(
+        host.request_body(s, b"part1", false).unwrap(),
+        Action::Continue
+    );
+    assert_eq!(
+        host.request_body(s, b"part2", true).unwrap(),
+        Action::Continue
+    );
     let up = host.stream(s).unwrap().upstream_request.clone().unwrap();
     assert_eq!(up.body, b"part1part2");
     assert!(up.complete);
     let response = Response::new(201).header("x-up", "1");
-    host.response_headers(s, response.headers_with_status(), true).unwrap();
+    host.response_headers(s, response.headers_with_status(), true)
+        .unwrap();
     host.finish(s).unwrap();
     let view = host.stream(s).unwrap();
     assert_eq!(view.status(), Some(201));
@@ -54,7 +66,11 @@ fn the_same_script_and_seed_give_identical_results() {
         let mut out = Vec::new();
         for i in 0..20 {
             let req = Request::get(&format!("/r{i}"));
-            let req = if i % 3 == 0 { req.header("x-tag", "y") } else { req };
+            let req = if i % 3 == 0 {
+                req.header("x-tag", "y")
+            } else {
+                req
+            };
             let s = host.send(i % 2, req).unwrap();
             out.push(format!("{:?}", host.stream(s).unwrap()));
             host.advance(std::time::Duration::from_millis(10)).unwrap();
@@ -72,9 +88,17 @@ fn a_module_built_for_wasm32_unknown_unknown_loads_and_runs() {
         .join("target/wasm32-unknown-unknown/wasm/fixture_minimal.wasm");
     let module = Module::from_file(&path)
         .unwrap_or_else(|e| panic!("{e} (built by `make wasm` into {})", path.display()));
-    assert!(module.imports().iter().all(|(m, _)| m == "env"), "no WASI imports");
+    assert!(
+        module.imports().iter().all(|(m, _)| m == "env"),
+        "no WASI imports"
+    );
     let mut host = Host::builder(&module).build().unwrap();
     assert!(host.configure().unwrap());
-    let s = host.send(0, Request::get("/").header("x-tag", "1")).unwrap();
-    assert_eq!(host.stream(s).unwrap().response_header("x-minimal"), Some("tagged"));
+    let s = host
+        .send(0, Request::get("/").header("x-tag", "1"))
+        .unwrap();
+    assert_eq!(
+        host.stream(s).unwrap().response_header("x-minimal"),
+        Some("tagged")
+    );
 }
