@@ -427,7 +427,8 @@ fn link_properties(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "proxy_get_property",
         |mut c: C, pp: u32, pl: u32, ret_ptr: u32, ret_len: u32| {
             let r: HostResult<Vec<u8>> = (|| {
-                let key = property_key(&read(&c, pp, pl)?);
+                let raw_path = read(&c, pp, pl)?;
+                let key = property_key(&raw_path);
                 let st = c.data();
                 let stream = st.stream(st.effective);
                 // Built-in attributes first, then what the guest set (Envoy's
@@ -438,9 +439,16 @@ fn link_properties(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 if let Some(v) = st.properties.get(&key) {
                     return Ok(v.clone());
                 }
+                // Envoy looks filter state up by the first path segment only, and a
+                // bytes value has no fields: so only a one-segment path finds it.
+                let mut segments = raw_path.splitn(2, |b| *b == 0);
+                let first = segments.next().unwrap_or_default();
+                if segments.next().is_some_and(|rest| !rest.is_empty()) {
+                    return Err(Status::NotFound);
+                }
                 st.guest_properties
                     .get(&st.effective)
-                    .and_then(|m| m.get(&key))
+                    .and_then(|m| m.get(&lossy(first)))
                     .cloned()
                     .ok_or(Status::NotFound)
             })();
@@ -455,7 +463,13 @@ fn link_properties(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "proxy_set_property",
         |mut c: C, pp: u32, pl: u32, vp: u32, vl: u32| {
             code((|| {
-                let key = property_key(&read(&c, pp, pl)?);
+                // Envoy stores the value under "wasm." + the raw path, NULs included,
+                // but reads by the first segment: so a value set through the SDK (whose
+                // path always ends in NUL) is never found again. Conformance case
+                // `properties_match_envoy` saw set_property(["my","prop"]) then
+                // get_property answer NotFound in Envoy; only a raw one-segment path
+                // without the trailing NUL round-trips.
+                let key = lossy(&read(&c, pp, pl)?);
                 let value = read(&c, vp, vl)?;
                 let st = c.data_mut();
                 let id = st.effective;

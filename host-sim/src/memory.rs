@@ -58,6 +58,12 @@ pub(crate) fn write_alloc(
     ret_ptr: u32,
     ret_len: u32,
 ) -> wasmtime::Result<HostResult> {
+    // cpp-host's copyToPointerSize allocates nothing for an empty value and writes a
+    // null pointer: conformance case `properties_match_envoy` saw an empty property
+    // (`plugin_root_id`) read as no value through the SDK in Envoy.
+    if bytes.is_empty() {
+        return Ok(write_u32(caller, ret_ptr, 0).and_then(|()| write_u32(caller, ret_len, 0)));
+    }
     let Some(alloc) = caller.data().alloc.clone() else {
         return Ok(Err(Status::InvalidMemoryAccess));
     };
