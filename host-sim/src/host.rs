@@ -149,6 +149,8 @@ struct StreamCtl {
     resp: Direction,
     view: StreamView,
     local_reply_in_progress: bool,
+    /// Response code details Envoy's router gives its own replies (`route_not_found`).
+    router_details: Option<String>,
 }
 
 type Upstream = Box<dyn FnMut(&UpstreamRequest) -> Response + Send>;
@@ -169,6 +171,7 @@ pub struct HostBuilder {
     epoch_ns: u64,
     fuel: u64,
     properties: BTreeMap<String, Vec<u8>>,
+    base_vm: bool,
 }
 
 impl HostBuilder {
@@ -188,6 +191,19 @@ impl HostBuilder {
     /// on the main thread; add one here to model it (it matters for `on_tick`).
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n.max(1);
+        self
+    }
+
+    /// Adds Envoy's base VM as VM 0, in front of the workers. Envoy 1.40 starts and
+    /// configures one VM more than it has threads: the one the per-thread clones are
+    /// made from. It runs `on_vm_start` and `on_configure` first, then never ticks, gets
+    /// no streams and never hears back from its callouts (conformance cases
+    /// `root_callouts_reach_every_vm_but_the_base_vm` and `ticks_reach_every_ticking_vm`:
+    /// 3 VMs configured at `--concurrency 1`, 2 ticking, 2 callout responses).
+    /// So `workers(2).base_vm()` models Envoy at `--concurrency 1`: VM 1 is the
+    /// main-thread clone, VM 2 the worker.
+    pub fn base_vm(mut self) -> Self {
+        self.base_vm = true;
         self
     }
 
@@ -272,8 +288,9 @@ impl HostBuilder {
                 .entry(k.to_string())
                 .or_insert_with(|| v.as_bytes().to_vec());
         }
-        let mut vms = Vec::with_capacity(self.workers);
-        for index in 0..self.workers {
+        let count = self.workers + usize::from(self.base_vm);
+        let mut vms = Vec::with_capacity(count);
+        for index in 0..count {
             let mut state = VmState::new(index, shared.clone());
             state.vm_id = self.vm_id.clone();
             state.plugin_config = self.plugin_config.clone();
@@ -294,6 +311,7 @@ impl HostBuilder {
             upstream: Box::new(|_| Response::ok()),
             configured: false,
             guest_calls: 0,
+            base_vm: self.base_vm,
         })
     }
 }
@@ -395,6 +413,8 @@ pub struct Host {
     upstream: Upstream,
     configured: bool,
     guest_calls: u64,
+    /// VM 0 is Envoy's base VM (see [`HostBuilder::base_vm`]).
+    base_vm: bool,
 }
 
 impl std::fmt::Debug for Host {
@@ -527,6 +547,7 @@ impl Host {
             epoch_ns: 1_767_225_600_000_000_000,
             fuel: 10_000_000_000,
             properties: BTreeMap::new(),
+            base_vm: false,
         }
     }
 
@@ -558,6 +579,12 @@ impl Host {
             let config_len = self.vms[vm].store.data().plugin_config.len() as u32;
             if self.call_checked(vm, Call::Configure(root, config_len))? == Some(0) {
                 return Ok(false);
+            }
+            if vm == 0 && self.base_vm {
+                // Envoy never answers the base VM's callouts.
+                let mut sh = lock(&self.shared);
+                sh.http_callouts.retain(|_, c| c.vm != 0);
+                sh.grpc_callouts.retain(|_, c| c.vm != 0);
             }
         }
         self.pump()?;
@@ -706,6 +733,11 @@ impl Host {
                 self.vms.len()
             )));
         }
+        if worker == 0 && self.base_vm {
+            return Err(Error::Usage(
+                "VM 0 is Envoy's base VM, which runs no streams".into(),
+            ));
+        }
         let id = StreamId(self.next_stream);
         self.next_stream += 1;
         let failed = self.vms[worker].failed.is_some();
@@ -722,6 +754,7 @@ impl Host {
                 ..StreamView::default()
             },
             local_reply_in_progress: false,
+            router_details: None,
         };
         if !failed {
             let ctx = self.alloc_context(worker, false);
@@ -815,6 +848,17 @@ impl Host {
         request: Request,
         response: Option<Response>,
     ) -> Result<StreamId> {
+        let mut request = request;
+        // Envoy's connection manager adds x-forwarded-proto to every request from a
+        // client before any filter runs (the router needs it, see maybe_call_upstream).
+        if crate::shared::find_header(&request.headers, "x-forwarded-proto").is_none() {
+            let scheme = crate::shared::find_header(&request.headers, ":scheme")
+                .unwrap_or("http")
+                .to_string();
+            request
+                .headers
+                .push(("x-forwarded-proto".to_string(), scheme));
+        }
         let mut properties = derived_properties(&request.headers);
         properties.extend(request.properties.iter().cloned());
         let id = self.create_stream(worker, true, properties)?;
@@ -822,12 +866,16 @@ impl Host {
         let chunks = request.body.len();
         let no_body = chunks == 0 && request.trailers.is_none();
         self.request_headers(id, request.headers, no_body)?;
-        for (i, chunk) in request.body.into_iter().enumerate() {
-            let last = i + 1 == chunks && request.trailers.is_none();
-            self.request_body(id, &chunk, last)?;
+        // Envoy's HTTP/1 codec passes each body chunk on without end of stream and ends
+        // the stream with an empty data frame: conformance case `buffers_match_envoy`
+        // saw `request_body size=5 eos=false` then `request_body size=0 eos=true`.
+        for chunk in request.body {
+            self.request_body(id, &chunk, false)?;
         }
         if let Some(trailers) = request.trailers {
             self.request_trailers(id, trailers)?;
+        } else if chunks > 0 {
+            self.request_body(id, &[], true)?;
         }
         self.pump()?;
         Ok(id)
@@ -1042,8 +1090,26 @@ impl Host {
     ) -> Result<Action> {
         let ctl = self.ctl(id)?;
         let (vm, ctx) = (ctl.vm, ctl.ctx);
+        // Envoy's stream info knows the response code and its details from here on:
+        // `via_upstream` for an upstream answer, the filter's details for a local reply
+        // (conformance case `properties_match_envoy`).
+        let details = match (&ctl.view.local_reply, &ctl.router_details) {
+            (Some(reply), _) => reply.details.clone(),
+            (None, Some(details)) => details.clone(),
+            (None, None) => "via_upstream".to_string(),
+        };
+        let code =
+            crate::shared::find_header(&headers, ":status").and_then(|s| s.parse::<i64>().ok());
         let n = headers.len() as u32;
         if let Some(s) = self.vms[vm].store.data_mut().stream_mut(ctx) {
+            if let Some(code) = code {
+                s.properties
+                    .insert("response.code".into(), PropertyValue::Int(code).encode());
+            }
+            s.properties.insert(
+                "response.code_details".into(),
+                PropertyValue::String(details).encode(),
+            );
             s.response_headers = Some(headers);
         }
         let r = self.call(vm, Call::ResponseHeaders(ctx, n, eos));
@@ -1176,8 +1242,32 @@ impl Host {
         if bypass || self.vms[vm].failed.is_some() {
             return Ok(());
         }
-        // on_log reads the access-log copies of every map: make them all visible.
+        // on_log reads Envoy's access-log copies: the request headers and trailers as
+        // the filter left them, the response headers and trailers as the client got
+        // them. on_done sees none of them (conformance case `properties_match_envoy`).
+        let ctl = self.ctl(id)?;
+        let upstream = ctl.view.upstream_request.clone();
+        let (response_headers, response_trailers) = (
+            ctl.view.response_headers.clone(),
+            ctl.view.response_trailers.clone(),
+        );
+        if let Some(s) = self.vms[vm].store.data_mut().stream_mut(ctx) {
+            if s.request_headers.is_none() {
+                s.request_headers = upstream.as_ref().map(|u| u.headers.clone());
+            }
+            if s.request_trailers.is_none() {
+                s.request_trailers = upstream.and_then(|u| u.trailers);
+            }
+            s.response_headers = response_headers;
+            s.response_trailers = response_trailers;
+        }
         let _ = self.call(vm, Call::Log(ctx));
+        if let Some(s) = self.vms[vm].store.data_mut().stream_mut(ctx) {
+            s.request_headers = None;
+            s.request_trailers = None;
+            s.response_headers = None;
+            s.response_trailers = None;
+        }
         let _ = self.call(vm, Call::Done(ctx));
         let _ = self.call(vm, Call::Delete(ctx));
         let st = self.vms[vm].store.data_mut();
@@ -1266,6 +1356,30 @@ impl Host {
     }
 
     fn apply_deferred(&mut self, vm: usize, deferred: Vec<Deferred>) -> Result<()> {
+        // Envoy answers with the first local reply a callback asked for; a later one in
+        // the same callback only overwrites the response code details (conformance case
+        // `local_reply_matches_envoy`: 403 "denied" reached the client, and on_log read
+        // the second call's empty details).
+        let mut deferred = deferred;
+        let mut i = 0;
+        while i < deferred.len() {
+            let later = match &deferred[i] {
+                Deferred::LocalReply(c, r) => deferred[..i]
+                    .iter()
+                    .position(|d| matches!(d, Deferred::LocalReply(first, _) if first == c))
+                    .map(|first| (first, r.details.clone())),
+                _ => None,
+            };
+            match later {
+                Some((first, details)) => {
+                    if let Deferred::LocalReply(_, r) = &mut deferred[first] {
+                        r.details = details;
+                    }
+                    deferred.remove(i);
+                }
+                None => i += 1,
+            }
+        }
         for d in deferred {
             let (ctx, action) = match d {
                 Deferred::Continue(c, t) => (c, (Some(t), None, None)),
@@ -1530,20 +1644,32 @@ impl Host {
         let Some(upstream) = ctl.view.upstream_request.clone() else {
             return Ok(());
         };
-        let response = match ctl.response_for_auto.take() {
-            Some(r) => r,
-            None => (self.upstream)(&upstream),
+        // Envoy 1.40's router finds no route for a request the filters left without
+        // x-forwarded-proto and answers 404 itself: conformance case
+        // `setting_all_request_headers_needs_x_forwarded_proto` replaced the request
+        // headers without it and got `404 route_not_found`, with it the upstream's answer.
+        let response = if upstream.header("x-forwarded-proto").is_none() {
+            ctl.router_details = Some("route_not_found".to_string());
+            Response::new(404)
+        } else {
+            match ctl.response_for_auto.take() {
+                Some(r) => r,
+                None => (self.upstream)(&upstream),
+            }
         };
         let chunks = response.body.len();
         let no_body = chunks == 0 && response.trailers.is_none();
         let headers = response.headers_with_status();
         self.response_headers(id, headers, no_body)?;
-        for (i, chunk) in response.body.iter().enumerate() {
-            let last = i + 1 == chunks && response.trailers.is_none();
-            self.response_body(id, chunk, last)?;
+        // As for requests: chunks without end of stream, then an empty end-of-stream
+        // frame, as Envoy's HTTP/1 upstream codec delivers them.
+        for chunk in &response.body {
+            self.response_body(id, chunk, false)?;
         }
         if let Some(t) = response.trailers {
             self.response_trailers(id, t)?;
+        } else if chunks > 0 {
+            self.response_body(id, &[], true)?;
         }
         Ok(())
     }
@@ -1653,7 +1779,8 @@ impl Host {
             }
         };
         for (vm, v) in self.vms.iter().enumerate() {
-            if v.failed.is_some() {
+            // Envoy's base VM never ticks.
+            if v.failed.is_some() || (vm == 0 && self.base_vm) {
                 continue;
             }
             for (root, tick) in &v.store.data().ticks {
@@ -2050,12 +2177,14 @@ fn lower(headers: Headers) -> Headers {
 /// Headers of a local reply as Envoy builds them: `:status`, the guest's headers,
 /// and `content-length`/`content-type` for a body.
 fn local_reply_headers(reply: &LocalReply) -> Headers {
+    // Envoy adds the guest's headers before the body's: conformance case
+    // `local_reply_matches_envoy` saw `:status, x-local, content-length, content-type`.
     let mut h = vec![(":status".to_string(), reply.status.to_string())];
+    h.extend(reply.headers.iter().cloned());
     if !reply.body.is_empty() {
         h.push(("content-length".into(), reply.body.len().to_string()));
         h.push(("content-type".into(), "text/plain".into()));
     }
-    h.extend(reply.headers.iter().cloned());
     h
 }
 

@@ -235,6 +235,17 @@ fn link_buffers(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             code((|| {
                 let t = BufferType::from_raw(t).ok_or(Status::BadArgument)?;
                 let data = read(&c, ptr, size)?;
+                // A buffer Envoy does not have right now is NotFound; one it has but
+                // that is read-only is BadArgument (conformance case
+                // `buffers_match_envoy`: plugin configuration outside on_configure,
+                // http_call response body outside on_http_call_response).
+                let body = matches!(
+                    t,
+                    BufferType::HttpRequestBody | BufferType::HttpResponseBody
+                );
+                if !body && buffer_view(c.data(), t).is_none() {
+                    return Err(Status::NotFound);
+                }
                 let st = c.data_mut();
                 let id = st.effective;
                 let stream = st.stream_mut(id).ok_or(Status::BadArgument)?;
@@ -250,6 +261,17 @@ fn link_buffers(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         },
     )?;
     Ok(())
+}
+
+/// The status for reading a map Envoy does not have: BadArgument, except in on_log,
+/// where Envoy reads its access-log copies and a missing one is NotFound (conformance
+/// case `header_maps_match_envoy`: request trailers in on_log of a stream without any).
+fn missing_map(st: &VmState) -> Status {
+    if st.callback == Callback::Log {
+        Status::NotFound
+    } else {
+        Status::BadArgument
+    }
 }
 
 fn map_view(st: &VmState, t: MapType) -> Option<&Headers> {
@@ -328,7 +350,7 @@ fn link_header_maps(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             let r: HostResult<String> = (|| {
                 let t = MapType::from_raw(t).ok_or(Status::BadArgument)?;
                 let key = read_string(&c, kp, kl)?.to_ascii_lowercase();
-                let map = map_view(c.data(), t).ok_or(Status::BadArgument)?;
+                let map = map_view(c.data(), t).ok_or_else(|| missing_map(c.data()))?;
                 // Envoy returns the first value only (a TODO there says so).
                 map.iter()
                     .find(|(k, _)| *k == key)
@@ -645,21 +667,26 @@ fn defer_stream(c: &mut C, t: u32, close: bool) -> HostResult {
     let t = StreamType::from_raw(t).ok_or(Status::BadArgument)?;
     let st = c.data_mut();
     let id = st.effective;
-    if st.stream(id).is_none() {
-        return Err(Status::BadArgument);
-    }
     match t {
+        // Envoy acts only when the context has the filter callbacks, and answers Ok
+        // either way: conformance cases `stream_control_matches_envoy` and
+        // `root_context_calls_match_envoy` saw Ok for request/response from a root
+        // context and for downstream from an HTTP context, without any effect.
         StreamType::HttpRequest | StreamType::HttpResponse => {
-            st.deferred.push(if close {
-                Deferred::Close(id, t)
-            } else {
-                Deferred::Continue(id, t)
-            });
+            if st.stream(id).is_some() {
+                st.deferred.push(if close {
+                    Deferred::Close(id, t)
+                } else {
+                    Deferred::Continue(id, t)
+                });
+            }
             Ok(())
         }
-        // host-sim drives HTTP streams only; Envoy returns Unimplemented for
-        // continuing the upstream side of a network filter.
-        StreamType::Downstream | StreamType::Upstream => Err(Status::Unimplemented),
+        StreamType::Downstream => Ok(()),
+        // Envoy 1.40 answers Unimplemented for continuing the upstream side, Ok for
+        // closing it (conformance case `stream_control_matches_envoy`).
+        StreamType::Upstream if close => Ok(()),
+        StreamType::Upstream => Err(Status::Unimplemented),
     }
 }
 
@@ -689,12 +716,15 @@ fn link_stream_control(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 let headers = decode_headers(&read(&c, hp, hl)?)?;
                 let st = c.data_mut();
                 let id = st.effective;
+                // Envoy answers Ok without an HTTP stream (nothing to reply to):
+                // conformance case `root_context_calls_match_envoy` from on_configure.
                 if st.stream(id).is_none() {
-                    return Err(Status::BadArgument);
+                    return Ok(());
                 }
                 let reply = LocalReply {
                     status: u16::try_from(status).unwrap_or(500),
-                    // Envoy replaces white space in details with underscores.
+                    // Envoy replaces white space in details with underscores (conformance
+                    // case `local_reply_details_with_white_space_become_underscores`).
                     details: details
                         .chars()
                         .map(|ch| if ch.is_whitespace() { '_' } else { ch })
@@ -844,7 +874,13 @@ fn open_grpc(c: &mut C, open: GrpcOpen, ret: u32) -> HostResult {
     crate::memory::write_u32(c, ret, token)
 }
 
+/// Envoy tells call tokens (`token & 3 == 1`) from stream tokens (`== 2`) by their low
+/// bits before looking them up: any other token is BadArgument, an unknown one of the
+/// right shape NotFound (conformance case `grpc_errors_match_envoy`).
 fn grpc_callout_id(st: &VmState, token: u32) -> HostResult<u64> {
+    if token & 3 != 1 && token & 3 != 2 {
+        return Err(Status::BadArgument);
+    }
     st.grpc_tokens.get(&token).copied().ok_or(Status::NotFound)
 }
 
@@ -911,8 +947,8 @@ fn link_grpc(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             code((|| {
                 let message = read(&c, mp, ml)?;
                 let st = c.data();
-                // Only stream tokens (even) can send.
-                if !token.is_multiple_of(2) {
+                // Only stream tokens (`token & 3 == 2`) can send.
+                if token & 3 != 2 {
                     return Err(Status::BadArgument);
                 }
                 let id = grpc_callout_id(st, token)?;
@@ -1007,6 +1043,12 @@ fn link_metrics(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     )?;
     l.func_wrap("env", "proxy_get_metric", |mut c: C, id: u32, ret: u32| {
         code((|| {
+            // Envoy dispatches on the id's type bits first: only counters and gauges
+            // can be read, so an unknown id with histogram (or invalid) type bits is
+            // BadArgument, not NotFound (conformance case `metrics_match_envoy`).
+            if id & 3 >= 2 {
+                return Err(Status::BadArgument);
+            }
             let (kind, name) = c
                 .data()
                 .metric_ids
