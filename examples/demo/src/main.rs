@@ -1,52 +1,59 @@
-//! meshguard demo: Envoy 1.40 running the conformance wasm module in front of a test upstream.
+//! meshguard demo: one wasm module, two hosts. The conformance module runs in Envoy 1.40 in
+//! front of a test upstream and, for the same requests, in host-sim; the table shows that both
+//! hosts give the same answer.
 //!
 //! Starts the upstream and Envoy on free loopback ports, sends a few requests through Envoy,
-//! prints what came back and the module's `wasmcustom.` stats, then stops both (exit 0).
+//! replays them in host-sim, prints both outcomes and the module's `wasmcustom.` stats, then
+//! stops everything (exit 0; exit 1 if a step fails or the hosts disagree).
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use meshguard_tests::{
     wasm_artifact, Envoy, EnvoyConfig, Request, Response, TestUpstream, WasmFilter,
 };
 
-// --- the conformance module reports … ---------------------------------------------------
-// Everything specific to the module lives in this section; adapt it as the module grows.
+// --- what the conformance module is asked to do ----------------------------------------------
 
 /// Build artifact name of the module under `target/wasm32-wasip1/wasm/`.
 const MODULE: &str = "fixture_conformance";
 
-/// Plugin configuration handed to the module's `on_configure`.
-const MODULE_CONFIG: &str = "{}";
+/// Plugin configuration handed to the module's `on_configure`: count requests in a metric.
+const MODULE_CONFIG: &str = r#"{"on_configure": [{"op": "define_metric", "kind": "counter", "name": "demo_requests"}]}"#;
 
-/// Response headers shown in the table besides the status (the module's own headers go here).
-const SHOWN_HEADERS: &[&str] = &["x-upstream", "x-envoy-upstream-service-time"];
+/// Name the upstream answers with (`x-upstream: <name>`), mirrored by host-sim's upstream.
+const UPSTREAM: &str = "demo-backend";
+
+/// Response headers shown in the table besides the status.
+const SHOWN_HEADERS: &[&str] = &["x-upstream", "x-meshguard", "x-reason"];
 
 /// Stats whose names start with this prefix are printed (plugin-defined metrics).
 const STATS_PREFIX: &str = "wasmcustom.";
 
-/// The requests the demo sends: a label for the table and the request itself.
-fn demo_requests() -> Vec<(&'static str, Request)> {
+/// The requests the demo sends: a label, the path, and the module's operations (`x-ops`).
+fn demo_requests() -> Vec<(&'static str, &'static str, &'static str)> {
+    let count = r#"{"at": "request_headers", "op": "increment_metric", "metric": "m1", "offset": 1}"#;
     vec![
-        ("GET /", Request::get("/")),
-        ("GET /api/users?id=7", Request::get("/api/users?id=7")),
+        ("pass through", "/", ""),
         (
-            "POST /api/orders (json)",
-            Request::post("/api/orders")
-                .header("content-type", "application/json")
-                .body(r#"{"item":"book","qty":1}"#),
+            "add a response header",
+            "/api/users?id=7",
+            r#"{"at": "response_headers", "op": "add_header", "map": "response_headers", "key": "x-meshguard", "value": "demo"}"#,
         ),
         (
-            "GET /flaky (upstream 503)",
-            Request::get("/flaky").header("x-upstream-status", "503"),
+            "answer locally (403)",
+            "/admin",
+            r#"{"at": "request_headers", "op": "send_local_response", "status": 403, "body": "denied by the filter", "headers": [["x-reason", "demo-policy"]]}"#,
         ),
         (
-            "GET /slow (upstream +150 ms)",
-            Request::get("/slow").header("x-upstream-delay-ms", "150"),
+            "rewrite the path upstream sees",
+            "/old",
+            r#"{"at": "request_headers", "op": "replace_header", "map": "request_headers", "key": ":path", "value": "/new"}"#,
         ),
+        ("count in a metric", "/counted", count),
     ]
 }
-// --- end of the module-specific section --------------------------------------------------
+// --- end of the module-specific section ------------------------------------------------------
 
 fn main() -> ExitCode {
     match run() {
@@ -59,50 +66,92 @@ fn main() -> ExitCode {
     }
 }
 
+/// What one host answered: status and the shown headers.
+#[derive(PartialEq, Eq)]
+struct Outcome {
+    status: u16,
+    headers: Vec<String>,
+    upstream_path: String,
+}
+
 fn run() -> Result<()> {
     let wasm = wasm_artifact(MODULE).context("the demo needs the conformance module")?;
-    let upstream = TestUpstream::start_named("demo-backend")?;
+    let upstream = TestUpstream::start_named(UPSTREAM)?;
     let envoy = Envoy::start(
         EnvoyConfig::new("harness")
             .upstream(upstream.port())
             .wasm_filter(WasmFilter::new("conformance", &wasm).configuration(MODULE_CONFIG)),
     )?;
-    println!("meshguard demo");
+    let module = host_sim::Module::from_file(&wasm)?;
+    let mut sim = host_sim::Host::builder(&module)
+        .plugin_config(MODULE_CONFIG)
+        .plugin_name("conformance")
+        .build()?;
+    if !sim.configure()? {
+        bail!("host-sim: the module rejected its configuration");
+    }
+    sim.set_upstream(|req| {
+        host_sim::Response::ok()
+            .header("x-upstream", UPSTREAM)
+            .header("x-seen-path", req.header(":path").unwrap_or(""))
+    });
+
+    println!("meshguard demo: one wasm module, two hosts");
     println!("  module   : {}", wasm.display());
     println!(
         "  envoy    : http://{} (admin http://{})",
         envoy.listener_addr(),
         envoy.admin_addr()
     );
-    println!(
-        "  upstream : http://{} ({})",
-        upstream.addr(),
-        upstream.name()
-    );
+    println!("  upstream : http://{} ({UPSTREAM})", upstream.addr());
     println!();
 
     let mut rows = Vec::new();
-    for (label, request) in demo_requests() {
+    let mut disagreements = 0;
+    for (label, path, ops) in demo_requests() {
+        let ops = if ops.is_empty() {
+            String::new()
+        } else {
+            format!("[{ops}]")
+        };
+        let mut request = Request::get(path);
+        let mut sim_request = host_sim::Request::get(path);
+        if !ops.is_empty() {
+            request = request.header("x-ops", &ops);
+            sim_request = sim_request.header("x-ops", &ops);
+        }
+        let seen_before = upstream.request_count();
         let response = meshguard_tests::send(envoy.listener_addr(), &request)
             .with_context(|| format!("send {label}"))?;
-        rows.push(row(label, &response));
+        let upstream_path = if upstream.request_count() > seen_before {
+            upstream
+                .requests()
+                .last()
+                .map(|r| r.path.clone())
+                .unwrap_or_default()
+        } else {
+            "-".to_string()
+        };
+        let in_envoy = envoy_outcome(&response, upstream_path);
+        let s = sim.send(0, sim_request)?;
+        let in_sim = sim_outcome(sim.stream(s)?);
+        let same = in_envoy == in_sim;
+        if !same {
+            disagreements += 1;
+        }
+        rows.push(row(label, &in_envoy, &in_sim, same));
     }
     print_table(&rows);
 
     println!();
     println!("upstream received {} request(s)", upstream.request_count());
     let stats = envoy.stats()?;
-    let plugin_stats: Vec<_> = stats
-        .iter()
-        .filter(|(name, _)| name.starts_with(STATS_PREFIX))
-        .collect();
-    if plugin_stats.is_empty() {
-        println!("no {STATS_PREFIX}* stats reported by the module");
-    } else {
-        println!("{STATS_PREFIX}* stats:");
-        for (name, value) in plugin_stats {
-            println!("  {name} = {value}");
-        }
+    for (name, value) in stats.iter().filter(|(n, _)| n.starts_with(STATS_PREFIX)) {
+        let sim_value = sim
+            .metric(name.trim_start_matches(STATS_PREFIX))
+            .map(|m| m.value.to_string())
+            .unwrap_or_else(|| "-".into());
+        println!("  envoy {name} = {value}   host-sim {sim_value}");
     }
 
     // Dropping stops Envoy (kill + wait) and the upstream (threads joined).
@@ -110,24 +159,64 @@ fn run() -> Result<()> {
     drop(upstream);
     println!();
     println!("stopped Envoy and the upstream");
+    if disagreements > 0 {
+        bail!("host-sim and Envoy disagreed on {disagreements} request(s)");
+    }
+    println!("host-sim and Envoy agreed on every request");
     Ok(())
 }
 
-/// One table row: label, status, then each of [`SHOWN_HEADERS`] (`-` when absent).
-fn row(label: &str, response: &Response) -> Vec<String> {
-    let mut cells = vec![label.to_string(), response.status.to_string()];
-    cells.extend(
-        SHOWN_HEADERS
+fn envoy_outcome(response: &Response, upstream_path: String) -> Outcome {
+    Outcome {
+        status: response.status,
+        headers: SHOWN_HEADERS
             .iter()
-            .map(|name| response.header(name).unwrap_or("-").to_string()),
-    );
+            .map(|n| response.header(n).unwrap_or("-").to_string())
+            .collect(),
+        upstream_path,
+    }
+}
+
+fn sim_outcome(view: &host_sim::StreamView) -> Outcome {
+    Outcome {
+        status: view.status().unwrap_or(0),
+        headers: SHOWN_HEADERS
+            .iter()
+            .map(|n| view.response_header(n).unwrap_or("-").to_string())
+            .collect(),
+        upstream_path: view
+            .upstream_request
+            .as_ref()
+            .filter(|u| u.complete)
+            .and_then(|u| u.header(":path"))
+            .unwrap_or("-")
+            .to_string(),
+    }
+}
+
+/// One table row: label, Envoy's status, path seen upstream and headers, host-sim's status.
+fn row(label: &str, envoy: &Outcome, sim: &Outcome, same: bool) -> Vec<String> {
+    let mut cells = vec![
+        label.to_string(),
+        envoy.status.to_string(),
+        envoy.upstream_path.clone(),
+    ];
+    cells.extend(envoy.headers.iter().cloned());
+    cells.push(sim.status.to_string());
+    cells.push(if same { "yes" } else { "NO" }.to_string());
     cells
 }
 
 /// Prints rows under a header line, columns padded to their widest cell.
 fn print_table(rows: &[Vec<String>]) {
-    let mut header = vec!["request".to_string(), "status".to_string()];
+    let mut header = vec![
+        "request".to_string(),
+        "envoy".to_string(),
+        "upstream saw".to_string(),
+    ];
     header.extend(SHOWN_HEADERS.iter().map(|h| h.to_string()));
+    header.push("host-sim".to_string());
+    header.push("same".to_string());
     let mut widths: Vec<usize> = header.iter().map(String::len).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
