@@ -19,7 +19,8 @@ use meshguard_tests::{
 const MODULE: &str = "fixture_conformance";
 
 /// Plugin configuration handed to the module's `on_configure`: count requests in a metric.
-const MODULE_CONFIG: &str = r#"{"on_configure": [{"op": "define_metric", "kind": "counter", "name": "demo_requests"}]}"#;
+const MODULE_CONFIG: &str =
+    r#"{"on_configure": [{"op": "define_metric", "kind": "counter", "name": "demo_requests"}]}"#;
 
 /// Name the upstream answers with (`x-upstream: <name>`), mirrored by host-sim's upstream.
 const UPSTREAM: &str = "demo-backend";
@@ -32,7 +33,8 @@ const STATS_PREFIX: &str = "wasmcustom.";
 
 /// The requests the demo sends: a label, the path, and the module's operations (`x-ops`).
 fn demo_requests() -> Vec<(&'static str, &'static str, &'static str)> {
-    let count = r#"{"at": "request_headers", "op": "increment_metric", "metric": "m1", "offset": 1}"#;
+    let count =
+        r#"{"at": "request_headers", "op": "increment_metric", "metric": "m1", "offset": 1}"#;
     vec![
         ("pass through", "/", ""),
         (
