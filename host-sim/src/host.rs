@@ -14,7 +14,9 @@ use crate::shared::{
     lock, Event, ForeignFunction, GrpcCallout, HttpCallout, LogEntry, Metric, Rng, Shared,
     SharedRef,
 };
-use crate::vm::{CallData, Callback, Context, Deferred, Exports, LocalReply, Vm, VmState};
+use crate::vm::{
+    CallData, Callback, Context, Deferred, Exports, LocalReply, StreamData, Vm, VmState,
+};
 
 /// What Envoy does with a stream when the VM has failed (`failure_policy`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -117,6 +119,74 @@ pub enum GrpcEvent {
     },
 }
 
+/// One direction of a stream: the request (Envoy's decoder path) or the response
+/// (the encoder path). Both run the same state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dir {
+    Request,
+    Response,
+}
+
+impl Dir {
+    fn name(self) -> &'static str {
+        match self {
+            Dir::Request => "request",
+            Dir::Response => "response",
+        }
+    }
+
+    fn headers_call(self, ctx: u32, n: u32, eos: bool) -> Call {
+        match self {
+            Dir::Request => Call::RequestHeaders(ctx, n, eos),
+            Dir::Response => Call::ResponseHeaders(ctx, n, eos),
+        }
+    }
+
+    fn body_call(self, ctx: u32, size: u32, eos: bool) -> Call {
+        match self {
+            Dir::Request => Call::RequestBody(ctx, size, eos),
+            Dir::Response => Call::ResponseBody(ctx, size, eos),
+        }
+    }
+
+    fn trailers_call(self, ctx: u32, n: u32) -> Call {
+        match self {
+            Dir::Request => Call::RequestTrailers(ctx, n),
+            Dir::Response => Call::ResponseTrailers(ctx, n),
+        }
+    }
+}
+
+/// A part of a message on its way through the filter.
+enum Part {
+    Headers(Headers, bool),
+    Body(Vec<u8>, bool),
+    Trailers(Headers),
+}
+
+impl StreamData {
+    fn headers(&mut self, dir: Dir) -> &mut Option<Headers> {
+        match dir {
+            Dir::Request => &mut self.request_headers,
+            Dir::Response => &mut self.response_headers,
+        }
+    }
+
+    fn body(&mut self, dir: Dir) -> &mut Option<Vec<u8>> {
+        match dir {
+            Dir::Request => &mut self.request_body,
+            Dir::Response => &mut self.response_body,
+        }
+    }
+
+    fn trailers(&mut self, dir: Dir) -> &mut Option<Headers> {
+        match dir {
+            Dir::Request => &mut self.request_trailers,
+            Dir::Response => &mut self.response_trailers,
+        }
+    }
+}
+
 /// Which side of the stream a filter stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stop {
@@ -151,6 +221,24 @@ struct StreamCtl {
     local_reply_in_progress: bool,
     /// Response code details Envoy's router gives its own replies (`route_not_found`).
     router_details: Option<String>,
+}
+
+impl StreamCtl {
+    fn side(&mut self, dir: Dir) -> &mut Direction {
+        match dir {
+            Dir::Request => &mut self.req,
+            Dir::Response => &mut self.resp,
+        }
+    }
+
+    /// Nothing more can reach the filter on this side: the request after a local
+    /// reply or reset, the response once complete or reset.
+    fn ended(&self, dir: Dir) -> bool {
+        match dir {
+            Dir::Request => self.view.local_reply.is_some() || self.view.reset,
+            Dir::Response => self.view.reset || self.view.response_complete,
+        }
+    }
 }
 
 type Upstream = Box<dyn FnMut(&UpstreamRequest) -> Response + Send>;
@@ -893,60 +981,7 @@ impl Host {
         headers: Headers,
         end_of_stream: bool,
     ) -> Result<Action> {
-        let headers = lower(headers);
-        let ctl = self.ctl(id)?;
-        if ctl.req.started {
-            return Err(Error::Usage("request headers were already sent".into()));
-        }
-        ctl.req.started = true;
-        ctl.view.upstream_request = None;
-        let (vm, ctx, bypass) = (ctl.vm, ctl.ctx, ctl.bypass);
-        if bypass {
-            return self.bypass_request_headers(id, headers, end_of_stream);
-        }
-        let n = headers.len() as u32;
-        if let Some(s) = self.vms[vm].store.data_mut().stream_mut(ctx) {
-            s.request_headers = Some(headers);
-        }
-        let r = self.call(vm, Call::RequestHeaders(ctx, n, end_of_stream));
-        let action = self.after_stream_call(id, r, |h, id, action| {
-            let ctl = h.ctl(id)?;
-            if action == Action::Pause {
-                ctl.req.stopped = Some(Stop::Headers);
-                ctl.req.held_end = end_of_stream;
-            } else {
-                h.forward_request_headers(id, end_of_stream)?;
-            }
-            Ok(())
-        })?;
-        self.pump()?;
-        Ok(action)
-    }
-
-    fn bypass_request_headers(
-        &mut self,
-        id: StreamId,
-        headers: Headers,
-        eos: bool,
-    ) -> Result<Action> {
-        let policy = self.failure_policy;
-        let ctl = self.ctl(id)?;
-        match policy {
-            FailurePolicy::FailOpen => {
-                ctl.view.upstream_request = Some(UpstreamRequest {
-                    headers,
-                    complete: eos,
-                    ..UpstreamRequest::default()
-                });
-                ctl.req.complete = eos;
-                self.maybe_call_upstream(id)?;
-                Ok(Action::Continue)
-            }
-            FailurePolicy::FailClosed => {
-                self.fail_stream(id)?;
-                Ok(Action::Pause)
-            }
-        }
+        self.headers_in(id, Dir::Request, headers, end_of_stream)
     }
 
     /// Delivers a request body chunk (`on_request_body`).
@@ -956,105 +991,12 @@ impl Host {
         chunk: &[u8],
         end_of_stream: bool,
     ) -> Result<Action> {
-        let ctl = self.ctl(id)?;
-        if ctl.view.local_reply.is_some() || ctl.view.reset {
-            return Ok(Action::Pause);
-        }
-        if ctl.bypass {
-            if let Some(up) = ctl.view.upstream_request.as_mut() {
-                up.body.extend_from_slice(chunk);
-                up.complete = end_of_stream;
-            }
-            ctl.req.complete = end_of_stream;
-            self.maybe_call_upstream(id)?;
-            return Ok(Action::Continue);
-        }
-        if ctl.req.stopped == Some(Stop::Headers) {
-            // StopAllIterationAndWatermark: the body waits in front of the filter.
-            ctl.req
-                .held_body
-                .get_or_insert_with(Vec::new)
-                .extend_from_slice(chunk);
-            ctl.req.held_end |= end_of_stream;
-            return Ok(Action::Pause);
-        }
-        let action = self.deliver_request_body(id, chunk.to_vec(), end_of_stream)?;
-        self.pump()?;
-        Ok(action)
-    }
-
-    fn deliver_request_body(&mut self, id: StreamId, chunk: Vec<u8>, eos: bool) -> Result<Action> {
-        let ctl = self.ctl(id)?;
-        let (vm, ctx) = (ctl.vm, ctl.ctx);
-        let buffering = ctl.req.stopped == Some(Stop::Body);
-        let size = match self.vms[vm].store.data_mut().stream_mut(ctx) {
-            Some(s) => {
-                // While the filter buffers (StopIterationAndBuffer) it sees the
-                // accumulated body; otherwise just this chunk.
-                let buf = s.request_body.get_or_insert_with(Vec::new);
-                if !buffering {
-                    buf.clear();
-                }
-                buf.extend_from_slice(&chunk);
-                buf.len() as u32
-            }
-            None => 0,
-        };
-        let r = self.call(vm, Call::RequestBody(ctx, size, eos));
-        self.after_stream_call(id, r, |h, id, action| {
-            if action == Action::Pause {
-                h.ctl(id)?.req.stopped = Some(Stop::Body);
-                h.ctl(id)?.req.held_end = eos;
-            } else {
-                h.ctl(id)?.req.stopped = None;
-                h.forward_request_body(id, eos)?;
-            }
-            Ok(())
-        })
+        self.body_in(id, Dir::Request, chunk, end_of_stream)
     }
 
     /// Delivers request trailers (`on_request_trailers`).
     pub fn request_trailers(&mut self, id: StreamId, trailers: Headers) -> Result<Action> {
-        let trailers = lower(trailers);
-        let ctl = self.ctl(id)?;
-        if ctl.view.local_reply.is_some() || ctl.view.reset {
-            return Ok(Action::Pause);
-        }
-        if ctl.bypass {
-            if let Some(up) = ctl.view.upstream_request.as_mut() {
-                up.trailers = Some(trailers);
-                up.complete = true;
-            }
-            ctl.req.complete = true;
-            self.maybe_call_upstream(id)?;
-            return Ok(Action::Continue);
-        }
-        if ctl.req.stopped.is_some() {
-            ctl.req.held_trailers = Some(trailers);
-            ctl.req.held_end = true;
-            return Ok(Action::Pause);
-        }
-        let action = self.deliver_request_trailers(id, trailers)?;
-        self.pump()?;
-        Ok(action)
-    }
-
-    fn deliver_request_trailers(&mut self, id: StreamId, trailers: Headers) -> Result<Action> {
-        let ctl = self.ctl(id)?;
-        let (vm, ctx) = (ctl.vm, ctl.ctx);
-        let n = trailers.len() as u32;
-        if let Some(s) = self.vms[vm].store.data_mut().stream_mut(ctx) {
-            s.request_trailers = Some(trailers);
-        }
-        let r = self.call(vm, Call::RequestTrailers(ctx, n));
-        self.after_stream_call(id, r, |h, id, action| {
-            if action == Action::Pause {
-                h.ctl(id)?.req.stopped = Some(Stop::Trailers);
-            } else {
-                h.forward_request_trailers(id)?;
-            }
-            Ok(())
-        })
+        self.trailers_in(id, Dir::Request, trailers)
     }
 
     /// Delivers response headers (`on_response_headers`); `:status` comes first.
@@ -1064,65 +1006,7 @@ impl Host {
         headers: Headers,
         end_of_stream: bool,
     ) -> Result<Action> {
-        let headers = lower(headers);
-        let ctl = self.ctl(id)?;
-        if ctl.resp.started {
-            return Err(Error::Usage("response headers were already sent".into()));
-        }
-        ctl.resp.started = true;
-        if ctl.bypass {
-            ctl.view.response_headers = Some(headers);
-            ctl.view.response_complete = end_of_stream;
-            ctl.resp.complete = end_of_stream;
-            self.maybe_finish(id)?;
-            return Ok(Action::Continue);
-        }
-        let action = self.deliver_response_headers(id, headers, end_of_stream)?;
-        self.pump()?;
-        Ok(action)
-    }
-
-    fn deliver_response_headers(
-        &mut self,
-        id: StreamId,
-        headers: Headers,
-        eos: bool,
-    ) -> Result<Action> {
-        let ctl = self.ctl(id)?;
-        let (vm, ctx) = (ctl.vm, ctl.ctx);
-        // Envoy's stream info knows the response code and its details from here on:
-        // `via_upstream` for an upstream answer, the filter's details for a local reply
-        // (conformance case `properties_match_envoy`).
-        let details = match (&ctl.view.local_reply, &ctl.router_details) {
-            (Some(reply), _) => reply.details.clone(),
-            (None, Some(details)) => details.clone(),
-            (None, None) => "via_upstream".to_string(),
-        };
-        let code =
-            crate::shared::find_header(&headers, ":status").and_then(|s| s.parse::<i64>().ok());
-        let n = headers.len() as u32;
-        if let Some(s) = self.vms[vm].store.data_mut().stream_mut(ctx) {
-            if let Some(code) = code {
-                s.properties
-                    .insert("response.code".into(), PropertyValue::Int(code).encode());
-            }
-            s.properties.insert(
-                "response.code_details".into(),
-                PropertyValue::String(details).encode(),
-            );
-            s.response_headers = Some(headers);
-        }
-        let r = self.call(vm, Call::ResponseHeaders(ctx, n, eos));
-        self.after_stream_call(id, r, |h, id, action| {
-            let ctl = h.ctl(id)?;
-            if action == Action::Pause {
-                ctl.resp.stopped = Some(Stop::Headers);
-                ctl.resp.held_end = eos;
-            } else {
-                h.forward_response_headers(id, eos)?;
-            }
-            Ok(())
-        })
+        self.headers_in(id, Dir::Response, headers, end_of_stream)
     }
 
     /// Delivers a response body chunk (`on_response_body`).
@@ -1132,97 +1016,161 @@ impl Host {
         chunk: &[u8],
         end_of_stream: bool,
     ) -> Result<Action> {
-        let ctl = self.ctl(id)?;
-        if ctl.view.reset || ctl.view.response_complete {
-            return Ok(Action::Pause);
-        }
-        if ctl.bypass {
-            ctl.view.response_body.extend_from_slice(chunk);
-            ctl.view.response_complete = end_of_stream;
-            ctl.resp.complete = end_of_stream;
-            self.maybe_finish(id)?;
-            return Ok(Action::Continue);
-        }
-        if ctl.resp.stopped == Some(Stop::Headers) {
-            ctl.resp
-                .held_body
-                .get_or_insert_with(Vec::new)
-                .extend_from_slice(chunk);
-            ctl.resp.held_end |= end_of_stream;
-            return Ok(Action::Pause);
-        }
-        let action = self.deliver_response_body(id, chunk.to_vec(), end_of_stream)?;
-        self.pump()?;
-        Ok(action)
-    }
-
-    fn deliver_response_body(&mut self, id: StreamId, chunk: Vec<u8>, eos: bool) -> Result<Action> {
-        let ctl = self.ctl(id)?;
-        let (vm, ctx) = (ctl.vm, ctl.ctx);
-        let buffering = ctl.resp.stopped == Some(Stop::Body);
-        let size = match self.vms[vm].store.data_mut().stream_mut(ctx) {
-            Some(s) => {
-                let buf = s.response_body.get_or_insert_with(Vec::new);
-                if !buffering {
-                    buf.clear();
-                }
-                buf.extend_from_slice(&chunk);
-                buf.len() as u32
-            }
-            None => 0,
-        };
-        let r = self.call(vm, Call::ResponseBody(ctx, size, eos));
-        self.after_stream_call(id, r, |h, id, action| {
-            if action == Action::Pause {
-                h.ctl(id)?.resp.stopped = Some(Stop::Body);
-                h.ctl(id)?.resp.held_end = eos;
-            } else {
-                h.ctl(id)?.resp.stopped = None;
-                h.forward_response_body(id, eos)?;
-            }
-            Ok(())
-        })
+        self.body_in(id, Dir::Response, chunk, end_of_stream)
     }
 
     /// Delivers response trailers (`on_response_trailers`).
     pub fn response_trailers(&mut self, id: StreamId, trailers: Headers) -> Result<Action> {
-        let trailers = lower(trailers);
+        self.trailers_in(id, Dir::Response, trailers)
+    }
+
+    fn headers_in(
+        &mut self,
+        id: StreamId,
+        dir: Dir,
+        headers: Headers,
+        end_of_stream: bool,
+    ) -> Result<Action> {
+        let headers = lower(headers);
+        let policy = self.failure_policy;
         let ctl = self.ctl(id)?;
-        if ctl.view.reset || ctl.view.response_complete {
-            return Ok(Action::Pause);
+        let side = ctl.side(dir);
+        if side.started {
+            return Err(Error::Usage(format!(
+                "{} headers were already sent",
+                dir.name()
+            )));
+        }
+        side.started = true;
+        if dir == Dir::Request {
+            ctl.view.upstream_request = None;
         }
         if ctl.bypass {
-            ctl.view.response_trailers = Some(trailers);
-            ctl.view.response_complete = true;
-            ctl.resp.complete = true;
-            self.maybe_finish(id)?;
+            if dir == Dir::Request && policy == FailurePolicy::FailClosed {
+                self.fail_stream(id)?;
+                return Ok(Action::Pause);
+            }
+            self.emit(id, dir, Part::Headers(headers, end_of_stream))?;
             return Ok(Action::Continue);
         }
-        if ctl.resp.stopped.is_some() {
-            ctl.resp.held_trailers = Some(trailers);
-            ctl.resp.held_end = true;
-            return Ok(Action::Pause);
-        }
-        let action = self.deliver_response_trailers(id, trailers)?;
+        let action = self.deliver(id, dir, Part::Headers(headers, end_of_stream))?;
         self.pump()?;
         Ok(action)
     }
 
-    fn deliver_response_trailers(&mut self, id: StreamId, trailers: Headers) -> Result<Action> {
+    fn body_in(&mut self, id: StreamId, dir: Dir, chunk: &[u8], eos: bool) -> Result<Action> {
+        let ctl = self.ctl(id)?;
+        if ctl.ended(dir) {
+            return Ok(Action::Pause);
+        }
+        if ctl.bypass {
+            self.emit(id, dir, Part::Body(chunk.to_vec(), eos))?;
+            return Ok(Action::Continue);
+        }
+        let side = ctl.side(dir);
+        if side.stopped == Some(Stop::Headers) {
+            // StopAllIterationAndWatermark: the body waits in front of the filter.
+            side.held_body
+                .get_or_insert_with(Vec::new)
+                .extend_from_slice(chunk);
+            side.held_end |= eos;
+            return Ok(Action::Pause);
+        }
+        let action = self.deliver(id, dir, Part::Body(chunk.to_vec(), eos))?;
+        self.pump()?;
+        Ok(action)
+    }
+
+    fn trailers_in(&mut self, id: StreamId, dir: Dir, trailers: Headers) -> Result<Action> {
+        let trailers = lower(trailers);
+        let ctl = self.ctl(id)?;
+        if ctl.ended(dir) {
+            return Ok(Action::Pause);
+        }
+        if ctl.bypass {
+            self.emit(id, dir, Part::Trailers(trailers))?;
+            return Ok(Action::Continue);
+        }
+        let side = ctl.side(dir);
+        if side.stopped.is_some() {
+            side.held_trailers = Some(trailers);
+            side.held_end = true;
+            return Ok(Action::Pause);
+        }
+        let action = self.deliver(id, dir, Part::Trailers(trailers))?;
+        self.pump()?;
+        Ok(action)
+    }
+
+    /// Hands one part of a message to the filter's callback and acts on its answer:
+    /// Continue passes it on, Pause stops that side of the stream where it is.
+    fn deliver(&mut self, id: StreamId, dir: Dir, part: Part) -> Result<Action> {
         let ctl = self.ctl(id)?;
         let (vm, ctx) = (ctl.vm, ctl.ctx);
-        let n = trailers.len() as u32;
-        if let Some(s) = self.vms[vm].store.data_mut().stream_mut(ctx) {
-            s.response_trailers = Some(trailers);
-        }
-        let r = self.call(vm, Call::ResponseTrailers(ctx, n));
+        let buffering = ctl.side(dir).stopped == Some(Stop::Body);
+        // Envoy's stream info knows the response code and its details from the response
+        // headers on: `via_upstream` for an upstream answer, the filter's details for a
+        // local reply (conformance case `properties_match_envoy`).
+        let details = match (&ctl.view.local_reply, &ctl.router_details) {
+            (Some(reply), _) => reply.details.clone(),
+            (None, Some(details)) => details.clone(),
+            (None, None) => "via_upstream".to_string(),
+        };
+        let data = self.vms[vm].store.data_mut().stream_mut(ctx);
+        let (call, stop, eos) = match part {
+            Part::Headers(headers, eos) => {
+                let n = headers.len() as u32;
+                if let Some(s) = data {
+                    if dir == Dir::Response {
+                        let code = crate::shared::find_header(&headers, ":status")
+                            .and_then(|s| s.parse::<i64>().ok());
+                        if let Some(code) = code {
+                            s.properties
+                                .insert("response.code".into(), PropertyValue::Int(code).encode());
+                        }
+                        s.properties.insert(
+                            "response.code_details".into(),
+                            PropertyValue::String(details).encode(),
+                        );
+                    }
+                    *s.headers(dir) = Some(headers);
+                }
+                (dir.headers_call(ctx, n, eos), Stop::Headers, eos)
+            }
+            Part::Body(chunk, eos) => {
+                // While the filter buffers (StopIterationAndBuffer) it sees the
+                // accumulated body; otherwise just this chunk.
+                let size = match data {
+                    Some(s) => {
+                        let buf = s.body(dir).get_or_insert_with(Vec::new);
+                        if !buffering {
+                            buf.clear();
+                        }
+                        buf.extend_from_slice(&chunk);
+                        buf.len() as u32
+                    }
+                    None => 0,
+                };
+                (dir.body_call(ctx, size, eos), Stop::Body, eos)
+            }
+            Part::Trailers(trailers) => {
+                let n = trailers.len() as u32;
+                if let Some(s) = data {
+                    *s.trailers(dir) = Some(trailers);
+                }
+                (dir.trailers_call(ctx, n), Stop::Trailers, true)
+            }
+        };
+        let r = self.call(vm, call);
         self.after_stream_call(id, r, |h, id, action| {
             if action == Action::Pause {
-                h.ctl(id)?.resp.stopped = Some(Stop::Trailers);
+                let side = h.ctl(id)?.side(dir);
+                side.stopped = Some(stop);
+                side.held_end = eos;
+                Ok(())
             } else {
-                h.forward_response_trailers(id)?;
+                h.forward(id, dir, stop, eos)
             }
-            Ok(())
         })
     }
 
@@ -1390,8 +1338,8 @@ impl Host {
                 continue;
             };
             match action {
-                (Some(StreamType::HttpRequest), _, _) => self.resume_request(id)?,
-                (Some(StreamType::HttpResponse), _, _) => self.resume_response(id)?,
+                (Some(StreamType::HttpRequest), _, _) => self.resume(id, Dir::Request)?,
+                (Some(StreamType::HttpResponse), _, _) => self.resume(id, Dir::Response)?,
                 (_, Some(_), _) => {
                     let ctl = self.ctl(id)?;
                     ctl.view.reset = true;
@@ -1424,207 +1372,124 @@ impl Host {
         ctl.resp.started = true;
         ctl.resp.stopped = None;
         let end = body.is_empty();
-        self.deliver_response_headers(id, headers, end)?;
+        self.deliver(id, Dir::Response, Part::Headers(headers, end))?;
         if !end {
             let ctl = self.ctl(id)?;
             if ctl.resp.stopped == Some(Stop::Headers) {
                 ctl.resp.held_body = Some(body);
                 ctl.resp.held_end = true;
             } else if !ctl.view.reset {
-                self.deliver_response_body(id, body, true)?;
+                self.deliver(id, Dir::Response, Part::Body(body, true))?;
             }
         }
         self.maybe_finish(id)
     }
 
-    fn forward_request_headers(&mut self, id: StreamId, eos: bool) -> Result<()> {
+    /// Passes on what the filter holds for one part (the filter continued): Envoy
+    /// drops its pointer to the headers, body or trailers once the filter continues.
+    fn forward(&mut self, id: StreamId, dir: Dir, what: Stop, eos: bool) -> Result<()> {
         let ctl = self.ctl(id)?;
         let (vm, ctx) = (ctl.vm, ctl.ctx);
-        // Envoy drops its pointer to the headers once the filter continues.
-        let headers = self.vms[vm]
-            .store
-            .data_mut()
-            .stream_mut(ctx)
-            .and_then(|s| s.request_headers.take())
-            .unwrap_or_default();
-        let ctl = self.ctl(id)?;
-        ctl.view.upstream_request = Some(UpstreamRequest {
-            headers,
-            complete: eos,
-            ..UpstreamRequest::default()
-        });
-        ctl.req.stopped = None;
-        if eos {
-            ctl.req.complete = true;
-            self.maybe_call_upstream(id)?;
-        }
-        Ok(())
+        ctl.side(dir).stopped = None;
+        let data = self.vms[vm].store.data_mut().stream_mut(ctx);
+        let part = match what {
+            Stop::Headers => Part::Headers(
+                data.and_then(|s| s.headers(dir).take()).unwrap_or_default(),
+                eos,
+            ),
+            Stop::Body => Part::Body(
+                data.and_then(|s| s.body(dir).take()).unwrap_or_default(),
+                eos,
+            ),
+            Stop::Trailers => Part::Trailers(
+                data.and_then(|s| s.trailers(dir).take())
+                    .unwrap_or_default(),
+            ),
+        };
+        self.emit(id, dir, part)
     }
 
-    fn forward_request_body(&mut self, id: StreamId, eos: bool) -> Result<()> {
+    /// A part leaves the filter: the request goes to the upstream, the response to
+    /// the client. At end of stream the upstream is played (`send` streams) or the
+    /// stream ends.
+    fn emit(&mut self, id: StreamId, dir: Dir, part: Part) -> Result<()> {
         let ctl = self.ctl(id)?;
-        let (vm, ctx) = (ctl.vm, ctl.ctx);
-        let body = self.vms[vm]
-            .store
-            .data_mut()
-            .stream_mut(ctx)
-            .and_then(|s| s.request_body.take())
-            .unwrap_or_default();
-        let ctl = self.ctl(id)?;
-        if let Some(up) = ctl.view.upstream_request.as_mut() {
-            up.body.extend_from_slice(&body);
-            up.complete = eos;
+        let end = match &part {
+            Part::Headers(_, eos) | Part::Body(_, eos) => *eos,
+            Part::Trailers(_) => true,
+        };
+        match (dir, part) {
+            (Dir::Request, Part::Headers(headers, eos)) => {
+                ctl.view.upstream_request = Some(UpstreamRequest {
+                    headers,
+                    complete: eos,
+                    ..UpstreamRequest::default()
+                });
+            }
+            (Dir::Request, Part::Body(body, eos)) => {
+                if let Some(up) = ctl.view.upstream_request.as_mut() {
+                    up.body.extend_from_slice(&body);
+                    up.complete = eos;
+                }
+            }
+            (Dir::Request, Part::Trailers(trailers)) => {
+                if let Some(up) = ctl.view.upstream_request.as_mut() {
+                    up.trailers = Some(trailers);
+                    up.complete = true;
+                }
+            }
+            (Dir::Response, Part::Headers(headers, _)) => ctl.view.response_headers = Some(headers),
+            (Dir::Response, Part::Body(body, _)) => ctl.view.response_body.extend_from_slice(&body),
+            (Dir::Response, Part::Trailers(trailers)) => {
+                ctl.view.response_trailers = Some(trailers);
+            }
         }
-        if eos {
-            ctl.req.complete = true;
-            self.maybe_call_upstream(id)?;
+        if !end {
+            return Ok(());
         }
-        Ok(())
+        ctl.side(dir).complete = true;
+        match dir {
+            Dir::Request => self.maybe_call_upstream(id),
+            Dir::Response => {
+                ctl.view.response_complete = true;
+                self.maybe_finish(id)
+            }
+        }
     }
 
-    fn forward_request_trailers(&mut self, id: StreamId) -> Result<()> {
-        let ctl = self.ctl(id)?;
-        let (vm, ctx) = (ctl.vm, ctl.ctx);
-        let trailers = self.vms[vm]
-            .store
-            .data_mut()
-            .stream_mut(ctx)
-            .and_then(|s| s.request_trailers.take());
-        let ctl = self.ctl(id)?;
-        ctl.req.stopped = None;
-        if let Some(up) = ctl.view.upstream_request.as_mut() {
-            up.trailers = trailers;
-            up.complete = true;
-        }
-        ctl.req.complete = true;
-        self.maybe_call_upstream(id)
-    }
-
-    fn resume_request(&mut self, id: StreamId) -> Result<()> {
-        let ctl = self.ctl(id)?;
-        let stopped = ctl.req.stopped;
-        let held_end = ctl.req.held_end;
+    /// The filter resumed one side (`proxy_continue_stream`): pass on what it held,
+    /// then hand it what arrived meanwhile (after StopAll, the held data reaches this
+    /// filter first).
+    fn resume(&mut self, id: StreamId, dir: Dir) -> Result<()> {
+        let side = self.ctl(id)?.side(dir);
+        let (stopped, held_end) = (side.stopped, side.held_end);
         match stopped {
             Some(Stop::Headers) => {
-                let body = ctl.req.held_body.take();
-                let trailers = ctl.req.held_trailers.take();
+                let body = side.held_body.take();
+                let trailers = side.held_trailers.take();
                 let headers_end = held_end && body.is_none() && trailers.is_none();
-                self.forward_request_headers(id, headers_end)?;
-                // StopAll: the held data now reaches this filter first.
+                self.forward(id, dir, Stop::Headers, headers_end)?;
                 let mut paused = false;
                 if let Some(body) = body {
                     let end = held_end && trailers.is_none();
-                    paused = self.deliver_request_body(id, body, end)? == Action::Pause;
+                    paused = self.deliver(id, dir, Part::Body(body, end))? == Action::Pause;
                 }
                 if let Some(t) = trailers {
                     if paused {
-                        self.ctl(id)?.req.held_trailers = Some(t);
+                        self.ctl(id)?.side(dir).held_trailers = Some(t);
                     } else {
-                        self.deliver_request_trailers(id, t)?;
+                        self.deliver(id, dir, Part::Trailers(t))?;
                     }
                 }
             }
             Some(Stop::Body) => {
-                let trailers = ctl.req.held_trailers.take();
-                ctl.req.stopped = None;
-                self.forward_request_body(id, held_end && trailers.is_none())?;
+                let trailers = side.held_trailers.take();
+                self.forward(id, dir, Stop::Body, held_end && trailers.is_none())?;
                 if let Some(t) = trailers {
-                    self.deliver_request_trailers(id, t)?;
+                    self.deliver(id, dir, Part::Trailers(t))?;
                 }
             }
-            Some(Stop::Trailers) => self.forward_request_trailers(id)?,
-            None => {}
-        }
-        Ok(())
-    }
-
-    fn forward_response_headers(&mut self, id: StreamId, eos: bool) -> Result<()> {
-        let ctl = self.ctl(id)?;
-        let (vm, ctx) = (ctl.vm, ctl.ctx);
-        let headers = self.vms[vm]
-            .store
-            .data_mut()
-            .stream_mut(ctx)
-            .and_then(|s| s.response_headers.take())
-            .unwrap_or_default();
-        let ctl = self.ctl(id)?;
-        ctl.view.response_headers = Some(headers);
-        ctl.resp.stopped = None;
-        if eos {
-            ctl.resp.complete = true;
-            ctl.view.response_complete = true;
-            self.maybe_finish(id)?;
-        }
-        Ok(())
-    }
-
-    fn forward_response_body(&mut self, id: StreamId, eos: bool) -> Result<()> {
-        let ctl = self.ctl(id)?;
-        let (vm, ctx) = (ctl.vm, ctl.ctx);
-        let body = self.vms[vm]
-            .store
-            .data_mut()
-            .stream_mut(ctx)
-            .and_then(|s| s.response_body.take())
-            .unwrap_or_default();
-        let ctl = self.ctl(id)?;
-        ctl.view.response_body.extend_from_slice(&body);
-        if eos {
-            ctl.resp.complete = true;
-            ctl.view.response_complete = true;
-            self.maybe_finish(id)?;
-        }
-        Ok(())
-    }
-
-    fn forward_response_trailers(&mut self, id: StreamId) -> Result<()> {
-        let ctl = self.ctl(id)?;
-        let (vm, ctx) = (ctl.vm, ctl.ctx);
-        let trailers = self.vms[vm]
-            .store
-            .data_mut()
-            .stream_mut(ctx)
-            .and_then(|s| s.response_trailers.take());
-        let ctl = self.ctl(id)?;
-        ctl.resp.stopped = None;
-        ctl.view.response_trailers = trailers;
-        ctl.resp.complete = true;
-        ctl.view.response_complete = true;
-        self.maybe_finish(id)
-    }
-
-    fn resume_response(&mut self, id: StreamId) -> Result<()> {
-        let ctl = self.ctl(id)?;
-        let stopped = ctl.resp.stopped;
-        let held_end = ctl.resp.held_end;
-        match stopped {
-            Some(Stop::Headers) => {
-                let body = ctl.resp.held_body.take();
-                let trailers = ctl.resp.held_trailers.take();
-                let headers_end = held_end && body.is_none() && trailers.is_none();
-                self.forward_response_headers(id, headers_end)?;
-                let mut paused = false;
-                if let Some(body) = body {
-                    let end = held_end && trailers.is_none();
-                    paused = self.deliver_response_body(id, body, end)? == Action::Pause;
-                }
-                if let Some(t) = trailers {
-                    if paused {
-                        self.ctl(id)?.resp.held_trailers = Some(t);
-                    } else {
-                        self.deliver_response_trailers(id, t)?;
-                    }
-                }
-            }
-            Some(Stop::Body) => {
-                let trailers = ctl.resp.held_trailers.take();
-                ctl.resp.stopped = None;
-                self.forward_response_body(id, held_end && trailers.is_none())?;
-                if let Some(t) = trailers {
-                    self.deliver_response_trailers(id, t)?;
-                }
-            }
-            Some(Stop::Trailers) => self.forward_response_trailers(id)?,
+            Some(Stop::Trailers) => self.forward(id, dir, Stop::Trailers, true)?,
             None => {}
         }
         Ok(())
