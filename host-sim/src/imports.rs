@@ -214,12 +214,6 @@ fn link_buffers(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             }
             let start = (start as usize).min(bytes.len());
             let end = start.saturating_add(max as usize).min(bytes.len());
-            if end == start {
-                // cpp-host writes a null pointer and size 0: the SDK reads None.
-                return Ok(code(
-                    write_u32(&mut c, ret_ptr, 0).and_then(|()| write_u32(&mut c, ret_len, 0)),
-                ));
-            }
             Ok(code(write_alloc(
                 &mut c,
                 &bytes[start..end],
@@ -317,12 +311,12 @@ fn link_header_maps(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             };
             // A missing map reads as no pairs (cpp-host writes a null pointer).
             let bytes = map_view(c.data(), t).map(|m| encode_pairs(m));
-            match bytes {
-                Some(bytes) => Ok(code(write_alloc(&mut c, &bytes, ret_ptr, ret_len)?)),
-                None => Ok(code(
-                    write_u32(&mut c, ret_ptr, 0).and_then(|()| write_u32(&mut c, ret_len, 0)),
-                )),
-            }
+            Ok(code(write_alloc(
+                &mut c,
+                &bytes.unwrap_or_default(),
+                ret_ptr,
+                ret_len,
+            )?))
         },
     )?;
     l.func_wrap(
@@ -526,11 +520,6 @@ fn link_shared_data(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             if let Err(s) = write_u32(&mut c, ret_cas, cas) {
                 return Ok(s.code());
             }
-            if value.is_empty() {
-                return Ok(code(
-                    write_u32(&mut c, ret_ptr, 0).and_then(|()| write_u32(&mut c, ret_len, 0)),
-                ));
-            }
             Ok(code(write_alloc(&mut c, &value, ret_ptr, ret_len)?))
         },
     )?;
@@ -652,9 +641,6 @@ fn link_shared_queues(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 }
             };
             match item {
-                Ok(v) if v.is_empty() => Ok(code(
-                    write_u32(&mut c, ret_ptr, 0).and_then(|()| write_u32(&mut c, ret_len, 0)),
-                )),
                 Ok(v) => Ok(code(write_alloc(&mut c, &v, ret_ptr, ret_len)?)),
                 Err(s) => Ok(s.code()),
             }
@@ -1004,11 +990,6 @@ fn link_grpc(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             if let Err(s) = write_u32(&mut c, code_ptr, status) {
                 return Ok(s.code());
             }
-            if message.is_empty() {
-                return Ok(code(
-                    write_u32(&mut c, mp, 0).and_then(|()| write_u32(&mut c, ml, 0)),
-                ));
-            }
             Ok(code(write_alloc(&mut c, &message, mp, ml)?))
         },
     )?;
@@ -1155,9 +1136,6 @@ fn link_misc(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 }
             })();
             match r {
-                Ok(v) if v.is_empty() => Ok(code(
-                    write_u32(&mut c, ret_ptr, 0).and_then(|()| write_u32(&mut c, ret_len, 0)),
-                )),
                 Ok(v) => Ok(code(write_alloc(&mut c, &v, ret_ptr, ret_len)?)),
                 Err(s) => Ok(s.code()),
             }
