@@ -69,9 +69,10 @@ demo: tools wasm ## Run Envoy with the conformance module in front of a test ups
 
 # Benchmarks are not tests: host-sim's benchmark binary reports ratios against a baseline
 # measured in the same run; wrk drives the real-Envoy comparisons.
-bench: tools wasm ## Install wrk if missing, then run host-sim's benchmark binary
+bench: tools wasm ## Install wrk if missing; host-sim's benchmark, then Envoy variants under wrk
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
 	$(CARGO) run --locked --release -p host-sim --bin host-sim-bench
+	$(CARGO) run --locked --release -p meshguard-bench --bin envoy-bench
 
 clean: ## Remove build output and Envoy run directories (keeps .tools)
 	$(CARGO) clean

@@ -154,6 +154,14 @@ fn render_cluster(name: &str, port: u16) -> String {
     )
 }
 
+/// One HTTP filter in the chain before the router.
+#[derive(Debug, Clone)]
+enum HttpFilter {
+    Wasm(WasmFilter),
+    /// A native filter as a YAML list item at indent 0.
+    Yaml(String),
+}
+
 /// Where the template text comes from.
 #[derive(Debug, Clone)]
 enum Template {
@@ -168,7 +176,7 @@ enum Template {
 pub struct EnvoyConfig {
     template: Template,
     upstream_port: Option<u16>,
-    filters: Vec<WasmFilter>,
+    filters: Vec<HttpFilter>,
     clusters: Vec<(String, u16)>,
     vars: BTreeMap<String, String>,
     pub(crate) concurrency: u32,
@@ -218,7 +226,15 @@ impl EnvoyConfig {
 
     /// Adds a wasm filter; filters run in the order added, before the router.
     pub fn wasm_filter(mut self, filter: WasmFilter) -> Self {
-        self.filters.push(filter);
+        self.filters.push(HttpFilter::Wasm(filter));
+        self
+    }
+
+    /// Adds a native Envoy HTTP filter given as one YAML list item at indent 0
+    /// (`- name: envoy.filters.http.local_ratelimit` …), in order with the wasm filters.
+    /// Benchmarks use it to compare meshguard with Envoy's own filters.
+    pub fn http_filter_yaml(mut self, item: impl Into<String>) -> Self {
+        self.filters.push(HttpFilter::Yaml(item.into()));
         self
     }
 
@@ -282,7 +298,10 @@ impl EnvoyConfig {
         let filters = self
             .filters
             .iter()
-            .map(WasmFilter::render)
+            .map(|f| match f {
+                HttpFilter::Wasm(w) => w.render(),
+                HttpFilter::Yaml(item) => Ok(item.trim_end().to_string()),
+            })
             .collect::<Result<Vec<_>>>()?;
         // Lists are always defined so a template can hold the placeholder unconditionally, but
         // a non-empty list whose placeholder is missing is an error like any unused value.

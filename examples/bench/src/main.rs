@@ -1,0 +1,270 @@
+//! Envoy benchmarks with wrk: every variant runs in this one process, against the same fast
+//! upstream, and is reported as a ratio to the baselines measured in the same run (Envoy with no
+//! filter; Envoy's native equivalent where one exists). Machines here are noisy: read ratios.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use meshguard_tests::{wasm_artifact, Envoy, EnvoyConfig, WasmFilter};
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmark Envoy variants with wrk and report ratios to baselines")]
+struct Args {
+    /// Seconds of measurement per variant (after a 1 s warm-up).
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// wrk connections.
+    #[arg(long, default_value_t = 32)]
+    connections: u32,
+}
+
+/// One Envoy setup to measure.
+struct Variant {
+    name: &'static str,
+    /// Name of the variant this one is compared with besides "no filter", if any.
+    compare_with: Option<&'static str>,
+    config: EnvoyConfig,
+}
+
+/// What wrk measured for one variant.
+#[derive(Debug, Clone)]
+struct Measured {
+    name: &'static str,
+    compare_with: Option<&'static str>,
+    requests_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    non_2xx: u64,
+    requests: u64,
+}
+
+/// Envoy's native token bucket, the baseline for rate limiting; `tokens` per second.
+fn local_ratelimit(tokens: u32) -> String {
+    format!(
+        r#"- name: envoy.filters.http.local_ratelimit
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+    stat_prefix: bench_local_ratelimit
+    token_bucket: {{ max_tokens: {tokens}, tokens_per_fill: {tokens}, fill_interval: 1s }}
+    filter_enabled:
+      runtime_key: bench_enabled
+      default_value: {{ numerator: 100, denominator: HUNDRED }}
+    filter_enforced:
+      runtime_key: bench_enforced
+      default_value: {{ numerator: 100, denominator: HUNDRED }}"#
+    )
+}
+
+fn variants(upstream_port: u16) -> Result<Vec<Variant>> {
+    let base = || EnvoyConfig::new("harness").upstream(upstream_port);
+    let minimal = wasm_artifact("fixture_minimal")?;
+    let mut out = vec![
+        Variant {
+            name: "envoy, no filter",
+            compare_with: None,
+            config: base(),
+        },
+        Variant {
+            name: "native local_ratelimit, limit not reached",
+            compare_with: None,
+            config: base().http_filter_yaml(local_ratelimit(100_000_000)),
+        },
+        Variant {
+            name: "native local_ratelimit, limit reached",
+            compare_with: None,
+            config: base().http_filter_yaml(local_ratelimit(100)),
+        },
+        Variant {
+            name: "wasm fixture_minimal (proxy-wasm floor)",
+            compare_with: None,
+            config: base().wasm_filter(WasmFilter::new("minimal", minimal)),
+        },
+    ];
+    if let Ok(ratelimit) = wasm_artifact("meshguard_ratelimit") {
+        let config = |requests: u64| {
+            format!(
+                r#"{{"rules":[{{"name":"bench","limits":[{{"algorithm":"token_bucket","requests":{requests},"per":"1s"}}]}}]}}"#
+            )
+        };
+        out.push(Variant {
+            name: "meshguard ratelimit, limit not reached",
+            compare_with: Some("native local_ratelimit, limit not reached"),
+            config: base().wasm_filter(
+                WasmFilter::new("ratelimit", &ratelimit).configuration(config(100_000_000)),
+            ),
+        });
+        out.push(Variant {
+            name: "meshguard ratelimit, limit reached",
+            compare_with: Some("native local_ratelimit, limit reached"),
+            config: base()
+                .wasm_filter(WasmFilter::new("ratelimit", &ratelimit).configuration(config(100))),
+        });
+    }
+    Ok(out)
+}
+
+/// Parses wrk's latency values ("812.00us", "1.20ms", "2.00s") into microseconds.
+fn micros(text: &str) -> Option<f64> {
+    let (number, unit) = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| text.split_at(i))?;
+    let value: f64 = number.parse().ok()?;
+    Some(match unit {
+        "us" => value,
+        "ms" => value * 1_000.0,
+        "s" => value * 1_000_000.0,
+        _ => return None,
+    })
+}
+
+fn parse_wrk(
+    name: &'static str,
+    compare_with: Option<&'static str>,
+    out: &str,
+) -> Result<Measured> {
+    let mut m = Measured {
+        name,
+        compare_with,
+        requests_per_s: 0.0,
+        p50_us: 0.0,
+        p99_us: 0.0,
+        non_2xx: 0,
+        requests: 0,
+    };
+    for line in out.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", v] => m.requests_per_s = v.parse()?,
+            ["50%", v] => m.p50_us = micros(v).context("wrk p50")?,
+            ["99%", v] => m.p99_us = micros(v).context("wrk p99")?,
+            ["Non-2xx", "or", "3xx", "responses:", v] => m.non_2xx = v.parse()?,
+            [n, "requests", "in", ..] => m.requests = n.parse()?,
+            _ => {}
+        }
+    }
+    if m.requests_per_s <= 0.0 {
+        bail!("could not read wrk's output for {name}:\n{out}");
+    }
+    Ok(m)
+}
+
+fn wrk(url: &str, seconds: u32, connections: u32, latency: bool) -> Result<String> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")]);
+    if latency {
+        cmd.arg("--latency");
+    }
+    let out = cmd
+        .arg(url)
+        .output()
+        .context("run wrk (`make bench` installs it)")?;
+    if !out.status.success() {
+        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn measure(variant: Variant, args: &Args) -> Result<Measured> {
+    let envoy = Envoy::start(variant.config.startup_timeout(Duration::from_secs(60)))
+        .with_context(|| format!("start Envoy for {}", variant.name))?;
+    let url = format!("http://{}/", envoy.listener_addr());
+    wrk(&url, 1, args.connections, false)?;
+    let out = wrk(&url, args.seconds, args.connections, true)?;
+    parse_wrk(variant.name, variant.compare_with, &out)
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "-".into()
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !(1..=120).contains(&args.seconds) || !(1..=1024).contains(&args.connections) {
+        bail!("--seconds must be 1..=120 and --connections 1..=1024");
+    }
+    // The upstream is an Envoy answering by itself, so it is never the bottleneck.
+    let upstream = Envoy::start(EnvoyConfig::new("direct"))?;
+    let port = upstream.listener_addr().port();
+    let mut results: Vec<Measured> = Vec::new();
+    for variant in variants(port)? {
+        eprintln!("measuring: {}", variant.name);
+        results.push(measure(variant, &args)?);
+    }
+    let baseline = results
+        .first()
+        .map(|m| (m.requests_per_s, m.p99_us))
+        .unwrap_or((0.0, 0.0));
+    println!(
+        "{:<44} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "variant", "req/s", "p50 us", "p99 us", "non-2xx", "rps/none", "rps/nat", "p99/nat"
+    );
+    let mut json = Vec::new();
+    for m in &results {
+        let native = m
+            .compare_with
+            .and_then(|n| results.iter().find(|r| r.name == n));
+        let (rps_nat, p99_nat) = match native {
+            Some(n) => (
+                ratio(m.requests_per_s, n.requests_per_s),
+                ratio(m.p99_us, n.p99_us),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "{:<44} {:>10.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>8} {:>8}",
+            m.name,
+            m.requests_per_s,
+            m.p50_us,
+            m.p99_us,
+            m.non_2xx,
+            ratio(m.requests_per_s, baseline.0),
+            rps_nat,
+            p99_nat
+        );
+        json.push(serde_json::json!({
+            "variant": m.name,
+            "requests_per_s": m.requests_per_s,
+            "p50_us": m.p50_us,
+            "p99_us": m.p99_us,
+            "non_2xx": m.non_2xx,
+            "requests": m.requests,
+            "rps_vs_no_filter": m.requests_per_s / baseline.0,
+            "compared_with": m.compare_with,
+            "rps_vs_native": native.map(|n| m.requests_per_s / n.requests_per_s),
+            "p99_vs_native": native.map(|n| m.p99_us / n.p99_us),
+        }));
+    }
+    println!("{}", serde_json::Value::Array(json));
+    drop(upstream);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_latency_units() {
+        assert_eq!(micros("812.00us"), Some(812.0));
+        assert_eq!(micros("1.50ms"), Some(1500.0));
+        assert_eq!(micros("2.00s"), Some(2_000_000.0));
+        assert_eq!(micros("7.0xs"), None);
+    }
+
+    #[test]
+    fn reads_a_wrk_report() {
+        let out = "Running 5s test @ http://127.0.0.1:1/\n  1 threads and 32 connections\n  Latency Distribution\n     50%  620.00us\n     75%  700.00us\n     90%    0.90ms\n     99%    1.80ms\n  123456 requests in 5.00s, 15.00MB read\n  Non-2xx or 3xx responses: 17\nRequests/sec:  24690.12\nTransfer/sec:      3.00MB\n";
+        let m = parse_wrk("x", None, out).unwrap();
+        assert_eq!(m.requests, 123456);
+        assert_eq!(m.non_2xx, 17);
+        assert!((m.p99_us - 1800.0).abs() < 1e-9);
+        assert!((m.requests_per_s - 24690.12).abs() < 1e-9);
+        assert!(parse_wrk("x", None, "garbage").is_err());
+    }
+}
