@@ -71,6 +71,7 @@ demo: tools wasm ## Run Envoy with the conformance module in front of a test ups
 # measured in the same run; wrk drives the real-Envoy comparisons.
 bench: tools wasm ## Install wrk if missing; host-sim's benchmark, then Envoy variants under wrk
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
+	$(CARGO) bench --locked -p meshguard-core --bench decide
 	$(CARGO) run --locked --release -p host-sim --bin host-sim-bench
 	$(CARGO) run --locked --release -p meshguard-bench --bin envoy-bench
 
