@@ -8,8 +8,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use meshguard_core::{
-    ApproxSlidingWindow, FixedWindow, LeakyBucket, LimiterState, RateLimiter, SlidingWindow,
-    TokenBucket,
+    ApproxSlidingWindow, FixedWindow, LeakyBucket, RateLimiter, SlidingWindow, TokenBucket,
 };
 
 const ROUNDS: u64 = 5_000_000;
