@@ -1,1 +1,18 @@
-//! The proxy-wasm glue shared by meshguard filters.
+//! The proxy-wasm glue shared by meshguard filters: config parsing with clear errors, the
+//! shared-data compare-and-swap store, the clock adapter, metrics, local replies and logging.
+
+mod cas;
+mod clock;
+mod config;
+mod logging;
+mod metrics;
+mod reply;
+
+pub use crate::{
+    cas::{ensure, update, CasError, CasStore, Contention, MemoryStore, SharedData},
+    clock::WallClock,
+    config::{parse_config, parse_duration, validate_each, ConfigError, Validate},
+    logging::{init_logging, install_panic_hook, sync_log_level},
+    metrics::{Counter, Gauge},
+    reply::send_local_reply,
+};
