@@ -688,19 +688,28 @@ impl Host {
             reason: format!("{e:#}"),
         };
         set(&mut v.store, self.fuel)?;
-        if let Some(init) = v.exports.initialize.clone() {
-            init.call(&mut v.store, ())
-                .map_err(|e| trap(e, "_initialize"))?;
-            if let Some(main) = v.exports.main.clone() {
-                main.call(&mut v.store, (0, 0))
-                    .map_err(|e| trap(e, "main"))?;
+        // Only WASI is allowed until the start functions return (see imports::guard).
+        v.store.data_mut().restricted = true;
+        let result: Result<()> = (|| {
+            if let Some(init) = v.exports.initialize.clone() {
+                init.call(&mut v.store, ())
+                    .map_err(|e| trap(e, "_initialize"))?;
+                if let Some(main) = v.exports.main.clone() {
+                    main.call(&mut v.store, (0, 0))
+                        .map_err(|e| trap(e, "main"))?;
+                }
+            } else if let Some(start) = v.exports.start.clone() {
+                start
+                    .call(&mut v.store, ())
+                    .map_err(|e| trap(e, "_start"))?;
             }
-        } else if let Some(start) = v.exports.start.clone() {
-            start
-                .call(&mut v.store, ())
-                .map_err(|e| trap(e, "_start"))?;
+            Ok(())
+        })();
+        v.store.data_mut().restricted = false;
+        if let Err(e) = &result {
+            v.failed = Some(e.to_string());
         }
-        Ok(())
+        result
     }
 
     fn alloc_context(&mut self, vm: usize, root: bool) -> u32 {

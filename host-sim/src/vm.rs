@@ -126,6 +126,8 @@ pub(crate) struct VmState {
     pub grpc_status: (u32, Vec<u8>),
     pub done_roots: Vec<u32>,
     pub exit_code: Option<i32>,
+    /// The VM is starting: only WASI calls are allowed.
+    pub restricted: bool,
     /// Arguments and environment seen through WASI.
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -161,6 +163,7 @@ impl VmState {
             grpc_status: (0, Vec::new()),
             done_roots: Vec::new(),
             exit_code: None,
+            restricted: false,
             args: Vec::new(),
             env: Vec::new(),
         }

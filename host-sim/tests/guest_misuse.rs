@@ -268,3 +268,21 @@ fn an_abi_0_2_0_module_is_accepted() {
     let s = host.send(0, Request::get("/")).unwrap();
     assert_eq!(host.stream(s).unwrap().status(), Some(200));
 }
+
+#[test]
+fn a_proxy_wasm_call_while_the_vm_starts_fails_like_envoy_restricted_callback() {
+    // Envoy allows only WASI during _initialize/_start; proxy_get_log_level there fails the VM.
+    let wat = r#"(module
+        (import "env" "proxy_get_log_level" (func $level (param i32) (result i32)))
+        (memory (export "memory") 1)
+        (func (export "malloc") (param i32) (result i32) i32.const 1024)
+        (func (export "proxy_abi_version_0_2_1"))
+        (func (export "_initialize") (drop (call $level (i32.const 0))))
+        (func (export "proxy_on_context_create") (param i32 i32)))"#;
+    let module = Module::from_bytes("init.wat", wat.as_bytes()).unwrap();
+    let mut host = Host::builder(&module).build().unwrap();
+    let err = host.configure().unwrap_err();
+    assert!(err.to_string().contains("restricted_callback"), "{err}");
+    assert!(err.to_string().contains("proxy_get_log_level"), "{err}");
+    assert!(host.vm_failure(0).is_some());
+}
