@@ -5,6 +5,12 @@
 //! Starts the upstream and Envoy on free loopback ports, sends a few requests through Envoy,
 //! replays them in host-sim, prints both outcomes and the module's `wasmcustom.` stats, then
 //! stops everything (exit 0; exit 1 if a step fails or the hosts disagree).
+//!
+//! Part 2 (`ratelimit.rs`) runs the ratelimit filter in a second Envoy: a burst answered with
+//! 200s then 429s and their `RateLimit-*` headers, and a burst shaped to a fixed pace (exit 1
+//! if the filter does not do what its configuration says).
+
+mod ratelimit;
 
 use std::process::ExitCode;
 
@@ -58,7 +64,7 @@ fn demo_requests() -> Vec<(&'static str, &'static str, &'static str)> {
 // --- end of the module-specific section ------------------------------------------------------
 
 fn main() -> ExitCode {
-    match run() {
+    match run().and_then(|()| ratelimit::run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // `{:#}` prints the whole cause chain on one line, without a backtrace.

@@ -7,3 +7,4 @@ mod conformance;
 mod harness;
 mod hostsim;
 mod ratelimit;
+mod ratelimit_envoy;
