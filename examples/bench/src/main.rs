@@ -77,6 +77,11 @@ fn variants(upstream_port: u16) -> Result<Vec<Variant>> {
             config: base().http_filter_yaml(local_ratelimit(100)),
         },
         Variant {
+            name: "native outlier_detection (5 consecutive 5xx)",
+            compare_with: None,
+            config: EnvoyConfig::new("harness-outlier").upstream(upstream_port),
+        },
+        Variant {
             name: "wasm fixture_minimal (proxy-wasm floor)",
             compare_with: None,
             config: base().wasm_filter(WasmFilter::new("minimal", minimal)),
