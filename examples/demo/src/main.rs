@@ -149,7 +149,10 @@ fn run() -> Result<()> {
         }
         rows.push(row(label, &in_envoy, &in_sim, same));
     }
-    print_table(&rows);
+    let mut header = vec!["request", "envoy", "upstream saw"];
+    header.extend(SHOWN_HEADERS);
+    header.extend(["host-sim", "same"]);
+    print_table(&header, &rows);
 
     println!();
     println!("upstream received {} request(s)", upstream.request_count());
@@ -216,22 +219,14 @@ fn row(label: &str, envoy: &Outcome, sim: &Outcome, same: bool) -> Vec<String> {
 }
 
 /// Prints rows under a header line, columns padded to their widest cell.
-fn print_table(rows: &[Vec<String>]) {
-    let mut header = vec![
-        "request".to_string(),
-        "envoy".to_string(),
-        "upstream saw".to_string(),
-    ];
-    header.extend(SHOWN_HEADERS.iter().map(|h| h.to_string()));
-    header.push("host-sim".to_string());
-    header.push("same".to_string());
-    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
+            *width = (*width).max(cell.chars().count());
         }
     }
-    let line = |cells: &[String]| {
+    let line = |cells: Vec<String>| {
         let padded: Vec<String> = cells
             .iter()
             .zip(&widths)
@@ -239,10 +234,9 @@ fn print_table(rows: &[Vec<String>]) {
             .collect();
         println!("  {}", padded.join("  ").trim_end());
     };
-    line(&header);
-    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-    line(&rule);
+    line(header.iter().map(|h| h.to_string()).collect());
+    line(widths.iter().map(|w| "-".repeat(*w)).collect());
     for row in rows {
-        line(row);
+        line(row.clone());
     }
 }
