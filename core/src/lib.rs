@@ -1,14 +1,27 @@
 //! Pure governance logic for meshguard: time and randomness are parameters, no I/O.
 
+mod balance;
 mod breaker;
+mod consul;
 mod ratelimit;
 
 pub use crate::{
+    balance::{
+        key_hash, pick_least_request, pick_random, pick_weighted_random, BalanceError, CallResult,
+        Instance, LatencyEstimate, Locality, LocalityScope, Maglev, OutlierDetection, OutlierState,
+        Recorded, ResponseTimeWeighted, Rng, RoundRobinState, SmoothWeightedState, SplitMix64,
+        MAX_MAGLEV_INSTANCES,
+    },
     breaker::{
         Breaker, BreakerBuilder, BreakerError, BreakerMode, BreakerPhase, BreakerState,
         BreakerStateError, BreakerWindow, FailurePolicy, Outcome, OutcomeKind, Permit,
         ResponseFacts, Transition, TransitionReason, UpstreamFailure, MAX_STATUS_RANGES,
         MAX_WINDOW_BUCKETS, MAX_WINDOW_CALLS, PER_MILLE,
+    },
+    consul::{
+        blocking_timeout_ns, blocks, diff_by_id, next_index, next_query_at, parse_catalog_services,
+        parse_health_service, parse_index, Backoff, CheckStatus, ConsulError, ConsulInstance,
+        HealthList, HealthPolicy, ListDiff, SkipReason, Skipped,
     },
     ratelimit::{
         ApproxSlidingWindow, ApproxSlidingWindowState, Decision, FixedWindow, FixedWindowState,
