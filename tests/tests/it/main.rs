@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod conformance;
+mod fallback;
+mod fallback_envoy;
 mod harness;
 mod hostsim;
 mod ratelimit;
