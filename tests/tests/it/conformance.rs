@@ -690,6 +690,26 @@ fn header_maps_match_envoy() {
 }
 
 #[test]
+fn request_headers_in_the_response_path_match_envoy() {
+    // What a filter reading the request headers while the response passes gets, for an
+    // upstream answer and for its own local reply (the fallback filter needs the request
+    // headers there to call a fallback service).
+    check(
+        &Case::new("request_headers_in_response_path").ops(json!([
+            {"at": "response_headers", "op": "get_headers", "map": "request_headers", "keys": [":path", ":method", "x-run"]},
+            {"at": "response_body", "nth": 1, "op": "get_headers", "map": "request_headers", "keys": [":path"]}
+        ])),
+    );
+    check(
+        &Case::new("request_headers_after_local_reply").ops(json!([
+            {"at": "request_headers", "op": "send_local_response", "status": 403, "body": "no"},
+            {"at": "response_headers", "op": "get_headers", "map": "request_headers", "keys": [":path", ":method", "x-run"]},
+            {"at": "response_headers", "op": "get_header", "map": "request_headers", "key": ":path"}
+        ])),
+    );
+}
+
+#[test]
 fn setting_all_request_headers_needs_x_forwarded_proto() {
     // Envoy adds x-forwarded-proto before the filters run; a filter that replaces the
     // request headers without it leaves the router without a route: 404.
