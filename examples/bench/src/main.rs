@@ -87,6 +87,16 @@ fn variants(upstream_port: u16) -> Result<Vec<Variant>> {
             config: base().wasm_filter(WasmFilter::new("minimal", minimal)),
         },
     ];
+    if let Ok(fallback) = wasm_artifact("meshguard_fallback") {
+        // The success path: a closed breaker counting outcomes, as outlier detection does.
+        let config = r#"{"breakers":[{"name":"bench","trip":{"consecutive_failures":5},"open":{"duration":"5s"},"fallback":{"fail_fast":{}}}]}"#;
+        out.push(Variant {
+            name: "meshguard fallback, breaker closed",
+            compare_with: Some("native outlier_detection (5 consecutive 5xx)"),
+            config: base()
+                .wasm_filter(WasmFilter::new("fallback", &fallback).configuration(config)),
+        });
+    }
     if let Ok(ratelimit) = wasm_artifact("meshguard_ratelimit") {
         let config = |requests: u64| {
             format!(
