@@ -64,7 +64,7 @@ lint: toolchain ## rustfmt check, clippy -D warnings (native, all targets) and c
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --locked --target $(WASM_TARGET) $(WASM_PKGS) -- -D warnings
 
-demo: tools wasm ## Conformance module in Envoy and host-sim side by side, then the rate limiter in Envoy
+demo: tools wasm ## Conformance module in Envoy and host-sim; the rate limiter and the circuit breaker in Envoy
 	$(CARGO) run --locked --release -p meshguard-demo
 
 # Benchmarks are not tests: host-sim's benchmark binary reports ratios against a baseline

@@ -10,6 +10,7 @@
 //! 200s then 429s and their `RateLimit-*` headers, and a burst shaped to a fixed pace (exit 1
 //! if the filter does not do what its configuration says).
 
+mod fallback;
 mod ratelimit;
 
 use std::process::ExitCode;
@@ -64,7 +65,10 @@ fn demo_requests() -> Vec<(&'static str, &'static str, &'static str)> {
 // --- end of the module-specific section ------------------------------------------------------
 
 fn main() -> ExitCode {
-    match run().and_then(|()| ratelimit::run()) {
+    match run()
+        .and_then(|()| ratelimit::run())
+        .and_then(|()| fallback::run())
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // `{:#}` prints the whole cause chain on one line, without a backtrace.
