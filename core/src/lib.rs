@@ -4,6 +4,7 @@ mod balance;
 mod breaker;
 mod consul;
 mod ratelimit;
+mod tenant;
 
 pub use crate::{
     balance::{
@@ -27,5 +28,14 @@ pub use crate::{
         ApproxSlidingWindow, ApproxSlidingWindowState, Decision, FixedWindow, FixedWindowState,
         LeakyBucket, LeakyBucketState, LimitError, LimiterState, RateLimiter, SlidingWindow,
         SlidingWindowState, StateError, TokenBucket, TokenBucketState, Verdict, MAX_SUB_WINDOWS,
+    },
+    tenant::{
+        bexpr_string, classify_consul_request, filter_catalog_services, is_trusted_source,
+        normalize_path, parse_source_address, percent_encode, query_unescape, resolve,
+        rewrite_registration, scope_query, split_path_query, tenant_clause, tenant_filter,
+        validate_user_filter, Cidr, ConsulRoute, DenyReason, IdentitySource, KvPrefix,
+        RequestFacts, Resolution, SourceKind, SpiffeMatch, SpiffePattern, TenantError, TenantName,
+        TenantSelector, MAX_CONSUL_NAME_LEN, MAX_CONSUL_PATH_LEN, MAX_REGISTRATION_LEN,
+        MAX_SPIFFE_ID_LEN, MAX_TENANT_LEN, MAX_USER_FILTER_LEN, TENANT_META_KEY,
     },
 };

@@ -1,0 +1,792 @@
+//! The Consul API attack table (each row an attack and the expected decision), the happy
+//! paths next to it, and property tests for the filter builder and the path normaliser.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use super::*;
+
+fn t(name: &str) -> TenantName {
+    TenantName::try_new(name).unwrap()
+}
+
+fn get(path: &str) -> ConsulRoute {
+    classify_consul_request("GET", path.as_bytes())
+}
+
+#[test]
+fn allow_listed_endpoints_are_classified() {
+    let cases: &[(&str, &str, ConsulRoute)] = &[
+        (
+            "GET",
+            "/v1/health/service/web",
+            ConsulRoute::HealthService("web".into()),
+        ),
+        (
+            "GET",
+            "/v1/catalog/service/db-1.v2",
+            ConsulRoute::CatalogService("db-1.v2".into()),
+        ),
+        (
+            "GET",
+            "/v1/health/checks/web",
+            ConsulRoute::HealthChecks("web".into()),
+        ),
+        ("GET", "/v1/catalog/services", ConsulRoute::CatalogServices),
+        (
+            "PUT",
+            "/v1/agent/service/register",
+            ConsulRoute::AgentRegister,
+        ),
+        (
+            "PUT",
+            "/v1/agent/service/deregister/web-1",
+            ConsulRoute::AgentDeregister("web-1".into()),
+        ),
+        (
+            "GET",
+            "/v1/kv/tenants/a/app/config",
+            ConsulRoute::Kv("tenants/a/app/config".into()),
+        ),
+        (
+            "PUT",
+            "/v1/kv/tenants/a/x",
+            ConsulRoute::Kv("tenants/a/x".into()),
+        ),
+        (
+            "DELETE",
+            "/v1/kv/tenants/a/",
+            ConsulRoute::Kv("tenants/a/".into()),
+        ),
+        (
+            "GET",
+            "/v1/health/service/w%65b",
+            ConsulRoute::HealthService("web".into()),
+        ),
+    ];
+    for (method, path, expected) in cases {
+        assert_eq!(
+            &classify_consul_request(method, path.as_bytes()),
+            expected,
+            "{method} {path}"
+        );
+    }
+}
+
+#[test]
+fn attack_table_spoofed_and_disallowed_paths_are_denied() {
+    use DenyReason as D;
+    let cases: &[(&str, &str, DenyReason)] = &[
+        (
+            "encoded dot segment",
+            "/v1/health/service/%2e%2e/x",
+            D::EncodedReserved,
+        ),
+        (
+            "encoded dot segment, upper",
+            "/v1/health/service/%2E%2E",
+            D::EncodedReserved,
+        ),
+        (
+            "encoded slash in a name",
+            "/v1/health/service/a%2fb",
+            D::EncodedReserved,
+        ),
+        (
+            "encoded slash, upper",
+            "/v1/health/service/a%2Fb",
+            D::EncodedReserved,
+        ),
+        (
+            "encoded backslash",
+            "/v1/health/service/a%5cb",
+            D::EncodedReserved,
+        ),
+        (
+            "double encoding",
+            "/v1/health/service/%252e%252e",
+            D::EncodedReserved,
+        ),
+        (
+            "encoded nul",
+            "/v1/health/service/web%00",
+            D::EncodedReserved,
+        ),
+        (
+            "encoded newline",
+            "/v1/kv/tenants/a/x%0a",
+            D::EncodedReserved,
+        ),
+        (
+            "leading double slash",
+            "//v1/health/service/web",
+            D::EmptySegment,
+        ),
+        ("inner double slash", "/v1//acl/tokens", D::EmptySegment),
+        (
+            "dot-dot segment",
+            "/v1/health/service/../../acl/tokens",
+            D::DotSegment,
+        ),
+        ("dot segment", "/v1/./acl/tokens", D::DotSegment),
+        (
+            "kv traversal",
+            "/v1/kv/tenants/a/../b/secret",
+            D::DotSegment,
+        ),
+        (
+            "backslash",
+            "/v1/health/service/a\\..\\b",
+            D::MalformedPath("backslash"),
+        ),
+        (
+            "truncated escape",
+            "/v1/health/service/a%2",
+            D::MalformedPath("bad percent escape"),
+        ),
+        (
+            "non-hex escape",
+            "/v1/health/service/a%zz",
+            D::MalformedPath("bad percent escape"),
+        ),
+        (
+            "raw nul",
+            "/v1/health/service/a\0",
+            D::MalformedPath("character outside the path charset"),
+        ),
+        (
+            "raw space",
+            "/v1/health/service/a b",
+            D::MalformedPath("character outside the path charset"),
+        ),
+        (
+            "fragment",
+            "/v1/health/service/a#x",
+            D::MalformedPath("character outside the path charset"),
+        ),
+        (
+            "relative path",
+            "v1/health/service/web",
+            D::MalformedPath("must start with /"),
+        ),
+        ("acl", "/v1/acl/tokens", D::NotAllowed),
+        ("acl bootstrap", "/v1/acl/bootstrap", D::NotAllowed),
+        ("agent self", "/v1/agent/self", D::NotAllowed),
+        ("agent services", "/v1/agent/services", D::NotAllowed),
+        ("operator", "/v1/operator/raft/configuration", D::NotAllowed),
+        ("snapshot", "/v1/snapshot", D::NotAllowed),
+        ("catalog register", "/v1/catalog/register", D::NotAllowed),
+        (
+            "trailing slash on a name",
+            "/v1/health/service/web/",
+            D::NotAllowed,
+        ),
+        ("extra segment", "/v1/health/service/web/x", D::NotAllowed),
+        (
+            "name charset",
+            "/v1/health/service/web:8080",
+            D::BadName("service name"),
+        ),
+        (
+            "encoded quote in a name",
+            "/v1/health/service/we%22b",
+            D::BadName("service name"),
+        ),
+        (
+            "kv key charset",
+            "/v1/kv/tenants/a/x;y",
+            D::BadName("kv key"),
+        ),
+        ("kv root", "/v1/kv/", D::BadName("kv key")),
+    ];
+    for (attack, path, expected) in cases {
+        assert_eq!(
+            get(path),
+            ConsulRoute::Denied(expected.clone()),
+            "{attack}: {path}"
+        );
+    }
+    assert_eq!(
+        get(&format!("/v1/kv/{}", "a".repeat(MAX_CONSUL_PATH_LEN))),
+        ConsulRoute::Denied(D::PathTooLong)
+    );
+    assert_eq!(
+        get(&format!(
+            "/v1/health/service/{}",
+            "a".repeat(MAX_CONSUL_NAME_LEN + 1)
+        )),
+        ConsulRoute::Denied(D::BadName("service name"))
+    );
+}
+
+#[test]
+fn attack_table_wrong_methods_are_denied() {
+    for (method, path) in [
+        ("PUT", "/v1/health/service/web"),
+        ("DELETE", "/v1/catalog/services"),
+        ("GET", "/v1/agent/service/register"),
+        ("POST", "/v1/agent/service/deregister/x"),
+        ("POST", "/v1/kv/tenants/a/x"),
+        ("get", "/v1/health/service/web"),
+    ] {
+        assert_eq!(
+            classify_consul_request(method, path.as_bytes()),
+            ConsulRoute::Denied(DenyReason::MethodNotAllowed),
+            "{method} {path}"
+        );
+    }
+}
+
+#[test]
+fn splits_the_query_at_the_first_question_mark() {
+    assert_eq!(split_path_query("/v1/x?a=1?b"), ("/v1/x", Some("a=1?b")));
+    assert_eq!(split_path_query("/v1/x"), ("/v1/x", None));
+}
+
+#[test]
+fn tenant_selector_depends_on_the_endpoint() {
+    assert_eq!(
+        get("/v1/health/service/a").tenant_selector(),
+        Some(TenantSelector::HealthServiceMeta)
+    );
+    assert_eq!(
+        get("/v1/catalog/service/a").tenant_selector(),
+        Some(TenantSelector::CatalogServiceMeta)
+    );
+    assert_eq!(get("/v1/health/checks/a").tenant_selector(), None);
+    assert_eq!(get("/v1/health/checks/a").service(), Some("a"));
+    assert_eq!(get("/v1/catalog/services").service(), None);
+}
+
+const H: TenantSelector = TenantSelector::HealthServiceMeta;
+
+#[test]
+fn the_filter_is_the_tenant_clause_alone_or_and_the_wrapped_user_filter() {
+    let a = t("acme");
+    assert_eq!(
+        tenant_filter(H, &a, None).unwrap(),
+        r#"Service.Meta.tenant == "acme""#
+    );
+    assert_eq!(
+        tenant_filter(H, &a, Some("  ")).unwrap(),
+        r#"Service.Meta.tenant == "acme""#
+    );
+    assert_eq!(
+        tenant_filter(
+            TenantSelector::CatalogServiceMeta,
+            &a,
+            Some(r#"ServiceTags contains "v2""#)
+        )
+        .unwrap(),
+        r#"(ServiceMeta.tenant == "acme") and (ServiceTags contains "v2")"#
+    );
+    for ok in [
+        r#"Service.Meta.zone == "a" and not (Checks.Status != "passing")"#,
+        r#"Service.Port == 8080 or Service.Port == -1.5"#,
+        r#""primary" in Service.Tags"#,
+        r#"Service.Meta["version"] matches `^v(1|2)\.`"#,
+        r#"Service.Tags is not empty"#,
+        r#"Node.Meta.rack == "(r1" and Service.Service == ")""#,
+        r#""/Service/Meta/x" == "y""#,
+    ] {
+        assert!(validate_user_filter(ok).is_ok(), "{ok}");
+    }
+}
+
+#[test]
+fn attack_table_filter_injection_is_rejected_or_neutralised() {
+    use DenyReason as D;
+    let a = t("acme");
+    let rejected: &[(&str, &str, DenyReason)] = &[
+        ("close the quote", r#"" or 1==1"#, D::UnterminatedString),
+        (
+            "close the group",
+            r#"Service.Port == 1) or (Service.Meta.tenant != """#,
+            D::UnbalancedFilter,
+        ),
+        ("close the group, bare", r#") or ("#, D::UnbalancedFilter),
+        (
+            "unbalanced open",
+            r#"((Service.Port == 1)"#,
+            D::UnbalancedFilter,
+        ),
+        (
+            "unbalanced close",
+            r#"Service.Port == 1)"#,
+            D::UnbalancedFilter,
+        ),
+        (
+            "close then reopen",
+            r#"a == 1)) or ((b == 2"#,
+            D::UnbalancedFilter,
+        ),
+        (
+            "backslash before a quote",
+            r#"Service.ID == "a\" or 1==1"#,
+            D::UnexpectedFilterChar(16),
+        ),
+        (
+            "backslash then a group",
+            r#"a == "\" ) or ( "x" == "y""#,
+            D::UnexpectedFilterChar(6),
+        ),
+        (
+            "raw string",
+            "Service.ID == `a or 1==1",
+            D::UnterminatedString,
+        ),
+        (
+            "unbalanced bracket",
+            r#"Service.Meta["tenant" == "x""#,
+            D::UnbalancedFilter,
+        ),
+        (
+            "unknown character",
+            r#"Service.Port == 1 || true"#,
+            D::UnexpectedFilterChar(18),
+        ),
+        (
+            "single equals",
+            r#"Service.Port = 1"#,
+            D::UnexpectedFilterChar(13),
+        ),
+        ("semicolon", r#"a == 1; b == 2"#, D::UnexpectedFilterChar(6)),
+        (
+            "non-ascii outside strings",
+            "Servіce.Port == 1",
+            D::UnexpectedFilterChar(4),
+        ),
+    ];
+    for (attack, user, expected) in rejected {
+        assert_eq!(
+            tenant_filter(H, &a, Some(user)),
+            Err(expected.clone()),
+            "{attack}: {user}"
+        );
+    }
+    assert_eq!(
+        tenant_filter(H, &a, Some(&"(".repeat(MAX_USER_FILTER_LEN + 1))),
+        Err(D::FilterTooLong)
+    );
+    // Balanced attempts to widen the result stay inside the group, and-ed with the tenant.
+    let neutralised = tenant_filter(H, &a, Some(r#"Service.Meta.tenant != "" or 1 == 1"#)).unwrap();
+    assert_eq!(
+        neutralised,
+        r#"(Service.Meta.tenant == "acme") and (Service.Meta.tenant != "" or 1 == 1)"#
+    );
+    let quoted = tenant_filter(H, &a, Some(r#"Service.ID == ") or (x""#)).unwrap();
+    assert_eq!(
+        quoted,
+        r#"(Service.Meta.tenant == "acme") and (Service.ID == ") or (x")"#
+    );
+}
+
+#[test]
+fn bexpr_strings_refuse_quotes_and_controls_and_double_backslashes() {
+    assert_eq!(bexpr_string("a\\b").unwrap(), r#""a\\b""#);
+    assert_eq!(bexpr_string("x").unwrap(), r#""x""#);
+    assert!(bexpr_string("a\"b").is_err());
+    assert!(bexpr_string("a\nb").is_err());
+}
+
+#[test]
+fn scope_query_keeps_other_parameters_and_replaces_the_filter() {
+    let a = t("acme");
+    let q = scope_query(
+        Some("dc=dc1&index=42&wait=30s&passing&tag=v%202&filter=Service.Port+%3D%3D+80"),
+        H,
+        &a,
+    )
+    .unwrap();
+    assert_eq!(
+        q,
+        "dc=dc1&index=42&wait=30s&passing&tag=v%202&filter=%28Service.Meta.tenant%20%3D%3D%20%22acme%22%29%20and%20%28Service.Port%20%3D%3D%2080%29"
+    );
+    let (_, filter) = q.rsplit_once("filter=").unwrap();
+    assert_eq!(
+        query_unescape(filter).unwrap(),
+        r#"(Service.Meta.tenant == "acme") and (Service.Port == 80)"#
+    );
+    assert_eq!(
+        scope_query(None, H, &a).unwrap(),
+        "filter=Service.Meta.tenant%20%3D%3D%20%22acme%22"
+    );
+    assert_eq!(
+        scope_query(Some("passing=1&&"), H, &a).unwrap(),
+        "passing=1&filter=Service.Meta.tenant%20%3D%3D%20%22acme%22"
+    );
+}
+
+#[test]
+fn scoped_path_rebuilds_the_normalised_path_with_the_scoped_query() {
+    let a = t("acme");
+    let (path, query) =
+        split_path_query("/v1/health/service/w%65b?passing&filter=Service.Port+%3D%3D+80");
+    let route = classify_consul_request("GET", path.as_bytes());
+    assert_eq!(
+        route.scoped_path(query, &a),
+        Some(Ok("/v1/health/service/web?passing&filter=%28Service.Meta.tenant%20%3D%3D%20%22acme%22%29%20and%20%28Service.Port%20%3D%3D%2080%29".to_owned()))
+    );
+    assert_eq!(
+        get("/v1/catalog/service/db").scoped_path(None, &a),
+        Some(Ok(
+            "/v1/catalog/service/db?filter=ServiceMeta.tenant%20%3D%3D%20%22acme%22".to_owned()
+        ))
+    );
+    assert_eq!(
+        get("/v1/health/service/web").scoped_path(Some("filter=)"), &a),
+        Some(Err(DenyReason::UnbalancedFilter))
+    );
+    assert_eq!(get("/v1/health/checks/web").scoped_path(None, &a), None);
+    assert_eq!(get("/v1/acl/tokens").scoped_path(None, &a), None);
+}
+
+#[test]
+fn attack_table_query_tricks_are_denied() {
+    use DenyReason as D;
+    let a = t("acme");
+    let cases: &[(&str, &str, DenyReason)] = &[
+        ("two filters", "filter=a==1&filter=b==2", D::DuplicateFilter),
+        (
+            "encoded name counts as filter",
+            "filter=a==1&f%69lter=b==2",
+            D::DuplicateFilter,
+        ),
+        (
+            "bad escape in a name",
+            "fil%zzter=x",
+            D::MalformedQuery("bad escape"),
+        ),
+        (
+            "bad escape in the filter",
+            "filter=%zz",
+            D::MalformedQuery("bad escape"),
+        ),
+        (
+            "semicolon in a name",
+            "a;filter=x",
+            D::MalformedQuery("a semicolon in a name"),
+        ),
+        (
+            "injection, url-encoded",
+            "filter=%22%20or%201%3D%3D1",
+            D::UnterminatedString,
+        ),
+        (
+            "injection, plus as space",
+            "filter=a+==+1)+or+(b+==+2",
+            D::UnbalancedFilter,
+        ),
+    ];
+    for (attack, query, expected) in cases {
+        assert_eq!(
+            scope_query(Some(query), H, &a),
+            Err(expected.clone()),
+            "{attack}: {query}"
+        );
+    }
+    let huge = format!("filter={}", "a".repeat(3 * MAX_USER_FILTER_LEN + 1));
+    assert_eq!(scope_query(Some(&huge), H, &a), Err(D::FilterTooLong));
+    let long = format!("filter={}", "a".repeat(MAX_USER_FILTER_LEN + 1));
+    assert_eq!(scope_query(Some(&long), H, &a), Err(D::FilterTooLong));
+}
+
+fn register(body: &Value, tenant: &str) -> Result<Value, DenyReason> {
+    rewrite_registration(&serde_json::to_vec(body).unwrap(), &t(tenant))
+        .map(|b| serde_json::from_slice(&b).unwrap())
+}
+
+#[test]
+fn registration_is_forced_into_the_tenant_and_keeps_other_fields() {
+    let body = json!({
+        "ID": "web-1", "Name": "web", "Tags": ["v1"], "Address": "10.0.0.5", "Port": 8080,
+        "Meta": {"version": "1"}, "Check": {"HTTP": "http://10.0.0.5:8080/health", "Interval": "10s"},
+        "Weights": {"Passing": 10, "Warning": 1}
+    });
+    let mut expected = body.clone();
+    expected["Meta"]["tenant"] = json!("acme");
+    assert_eq!(register(&body, "acme").unwrap(), expected);
+    let same = json!({"Name": "web", "Meta": {"tenant": "acme"}});
+    assert_eq!(register(&same, "acme").unwrap(), same);
+    assert_eq!(
+        register(&json!({"Name": "web"}), "acme").unwrap(),
+        json!({"Name": "web", "Meta": {"tenant": "acme"}})
+    );
+    assert_eq!(
+        register(&json!({"Name": "web", "Meta": null}), "acme").unwrap(),
+        json!({"Name": "web", "Meta": {"tenant": "acme"}})
+    );
+}
+
+#[test]
+fn attack_table_registrations_are_refused() {
+    let cases: &[(&str, Value)] = &[
+        (
+            "claims another tenant",
+            json!({"Name": "web", "Meta": {"tenant": "victim"}}),
+        ),
+        (
+            "tenant not a string",
+            json!({"Name": "web", "Meta": {"tenant": ["acme"]}}),
+        ),
+        (
+            "meta not an object",
+            json!({"Name": "web", "Meta": "tenant=victim"}),
+        ),
+        (
+            "lowercase meta",
+            json!({"Name": "web", "meta": {"tenant": "victim"}}),
+        ),
+        (
+            "snake-case service meta",
+            json!({"Name": "web", "service_meta": {"tenant": "victim"}}),
+        ),
+        (
+            "upper-case meta",
+            json!({"Name": "web", "META": {"tenant": "victim"}}),
+        ),
+        (
+            "sidecar service",
+            json!({"Name": "web", "Connect": {"SidecarService": {"Meta": {"tenant": "victim"}}}}),
+        ),
+        (
+            "sidecar, snake case",
+            json!({"Name": "web", "connect": {"sidecar_service": {}}}),
+        ),
+        ("not an object", json!(["Name", "web"])),
+    ];
+    for (attack, body) in cases {
+        assert!(register(body, "acme").is_err(), "{attack}: {body}");
+    }
+    assert!(matches!(
+        register(&json!({"Meta": {"tenant": "victim"}}), "acme"),
+        Err(DenyReason::OtherTenant)
+    ));
+    for bad in [&b"{"[..], b"", b"null", b"{\"Name\": \"web\",}", b"\xff"] {
+        assert!(
+            matches!(
+                rewrite_registration(bad, &t("a")),
+                Err(DenyReason::BadBody(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    let big = format!("{{\"Name\": \"{}\"}}", "x".repeat(MAX_REGISTRATION_LEN));
+    assert!(matches!(
+        rewrite_registration(big.as_bytes(), &t("a")),
+        Err(DenyReason::BadBody(_))
+    ));
+}
+
+#[test]
+fn registration_duplicate_keys_cannot_smuggle_a_tenant() {
+    // serde keeps the last duplicate; the body is re-serialised, so Consul sees one Meta.
+    let body = br#"{"Name":"web","Meta":{"tenant":"acme"},"Meta":{"tenant":"victim"}}"#;
+    assert_eq!(
+        rewrite_registration(body, &t("acme")),
+        Err(DenyReason::OtherTenant)
+    );
+    let body = br#"{"Name":"web","Meta":{"tenant":"victim","tenant":"acme"}}"#;
+    let out: Value =
+        serde_json::from_slice(&rewrite_registration(body, &t("acme")).unwrap()).unwrap();
+    assert_eq!(out["Meta"], json!({"tenant": "acme"}));
+}
+
+#[test]
+fn attack_catalog_services_body_is_cut_to_the_tenant() {
+    let body =
+        br#"{"consul":[],"web":["v1"],"db":["primary","secondary"],"billing":null,"stray":[]}"#;
+    let owners: BTreeMap<String, String> = [
+        ("web", "acme"),
+        ("db", "acme"),
+        ("billing", "victim"),
+        ("consul", "infra"),
+    ]
+    .into_iter()
+    .map(|(s, t)| (s.to_owned(), t.to_owned()))
+    .collect();
+    let out: Value =
+        serde_json::from_slice(&filter_catalog_services(body, &t("acme"), &owners).unwrap())
+            .unwrap();
+    assert_eq!(out, json!({"web": ["v1"], "db": ["primary", "secondary"]}));
+    let out: Value =
+        serde_json::from_slice(&filter_catalog_services(body, &t("nobody"), &owners).unwrap())
+            .unwrap();
+    assert_eq!(out, json!({}));
+    for bad in [&b"[]"[..], b"{", b""] {
+        assert!(matches!(
+            filter_catalog_services(bad, &t("acme"), &owners),
+            Err(DenyReason::BadBody(_))
+        ));
+    }
+}
+
+#[test]
+fn kv_keys_stay_under_the_tenant_prefix() {
+    let p = KvPrefix::default();
+    let a = t("a");
+    assert_eq!(p.for_tenant(&a), "tenants/a/");
+    for yes in ["tenants/a/", "tenants/a/x", "tenants/a/x/y/"] {
+        assert!(p.allows(&a, yes), "{yes}");
+        assert_eq!(p.check(&a, yes), Ok(()));
+    }
+    for no in [
+        "tenants/a",
+        "tenants/ab/x",
+        "tenants/b/x",
+        "tenants/",
+        "x/tenants/a/",
+        "Tenants/a/x",
+        "",
+    ] {
+        assert!(!p.allows(&a, no), "{no}");
+        assert_eq!(p.check(&a, no), Err(DenyReason::KeyOutsidePrefix));
+    }
+    let custom = KvPrefix::try_new("config/{tenant}/app/").unwrap();
+    assert!(custom.allows(&a, "config/a/app/x"));
+    assert!(!custom.allows(&a, "config/a/x"));
+}
+
+#[test]
+fn kv_prefix_errors_name_the_field() {
+    for bad in [
+        "tenants/",
+        "tenants/{tenant}",
+        "{tenant}/{tenant}/",
+        "/tenants/{tenant}/",
+        "a/../{tenant}/",
+        "a//{tenant}/",
+        "a b/{tenant}/",
+        "x{tenant}/",
+    ] {
+        let TenantError::Invalid { field, .. } = KvPrefix::try_new(bad).unwrap_err();
+        assert_eq!(field, "kv_prefix", "{bad}");
+    }
+}
+
+#[test]
+fn percent_encoding_round_trips_through_go_style_unescape() {
+    for s in ["", "a b+c", "(x) and \"y\"", "ü/%?&=#"] {
+        assert_eq!(query_unescape(&percent_encode(s)).as_deref(), Some(s));
+    }
+}
+
+/// Where the depth of parentheses in `f[from..]`, outside bexpr strings, first returns to
+/// zero, with the minimum depth seen before.
+fn group_end(f: &str) -> Option<usize> {
+    let mut depth = 0i64;
+    let mut quote: Option<char> = None;
+    for (i, c) in f.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '`') => quote = Some(c),
+            (None, '(') => depth += 1,
+            (None, ')') => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn filter_text() -> impl Strategy<Value = String> {
+    let atoms = prop::sample::select(vec![
+        "(",
+        ")",
+        "\"",
+        "`",
+        "[",
+        "]",
+        " or ",
+        " and ",
+        "not ",
+        "==",
+        "!=",
+        "Service.Meta.tenant",
+        "x",
+        "1",
+        "\\",
+        "'",
+        ",",
+        ".",
+        "=",
+        "|",
+        "\n",
+        "é",
+    ]);
+    prop::collection::vec(atoms, 0..24).prop_map(|v| v.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    #[test]
+    fn built_filter_starts_with_the_tenant_clause_and_wraps_the_user_part_in_one_group(
+        user in prop_oneof![filter_text(), "\\PC{0,40}"],
+        tenant in "[a-z0-9]{1,12}",
+    ) {
+        let tenant = t(&tenant);
+        let clause = tenant_clause(H, &tenant);
+        if let Ok(f) = tenant_filter(H, &tenant, Some(&user)) {
+            if user.trim().is_empty() {
+                prop_assert_eq!(f, clause);
+            } else {
+                let head = format!("({clause}) and (");
+                prop_assert!(f.starts_with(&head), "{}", f);
+                // The tenant clause is its own group, closed where it was written...
+                prop_assert_eq!(group_end(&f), Some(clause.len() + 1));
+                // ...and the user's group only closes at the very end.
+                let tail = &f[head.len() - 1..];
+                prop_assert_eq!(group_end(tail), Some(tail.len() - 1));
+            }
+        }
+    }
+
+    #[test]
+    fn scope_query_always_carries_exactly_one_filter_that_starts_with_the_clause(
+        user in filter_text(),
+        other in "[a-z]{1,5}=[a-z0-9]{0,5}",
+    ) {
+        let tenant = t("acme");
+        let query = format!("{other}&filter={}", percent_encode(&user));
+        if let Ok(q) = scope_query(Some(&query), H, &tenant) {
+            let filters: Vec<&str> = q.split('&').filter(|p| p.starts_with("filter=")).collect();
+            prop_assert_eq!(filters.len(), 1);
+            let f = query_unescape(&filters[0]["filter=".len()..]).unwrap();
+            let clause = tenant_clause(H, &tenant);
+            prop_assert!(f == clause || f.starts_with(&format!("({clause}) and (")), "{}", f);
+            prop_assert!(q.starts_with(&other));
+        }
+    }
+
+    #[test]
+    fn normalisation_never_panics_and_its_output_is_clean(raw in any::<Vec<u8>>(), path in "/[a-z%2eEfF./\\\\]{0,30}") {
+        for input in [raw.as_slice(), path.as_bytes()] {
+            if let Ok(p) = normalize_path(input) {
+                prop_assert!(p.starts_with('/'));
+                prop_assert!(!p.contains("//") && !p.contains('\\') && !p.contains('%'));
+                prop_assert!(p.split('/').all(|s| s != "." && s != ".."));
+            }
+            let _ = classify_consul_request("GET", input);
+        }
+    }
+
+    #[test]
+    fn classified_names_are_plain_single_segments(raw in "/v1/(health|catalog)/service/[ -~]{0,20}") {
+        match get(&raw) {
+            ConsulRoute::HealthService(s) | ConsulRoute::CatalogService(s) => {
+                prop_assert!(!s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+                prop_assert!(s != "." && s != "..");
+            }
+            ConsulRoute::Denied(_) => {}
+            other => prop_assert!(false, "{:?}", other),
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Bodies through the Consul proxy: agent registrations forced into the caller's tenant,
+//! `/v1/catalog/services` listings cut down to the tenant's services, and KV keys confined
+//! to the tenant's prefix.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use super::{DenyReason, TenantError, TenantName};
+
+/// Largest registration body accepted, in bytes.
+pub const MAX_REGISTRATION_LEN: usize = 64 * 1024;
+
+/// The meta key that carries a service's tenant (`Service.Meta.tenant`).
+pub const TENANT_META_KEY: &str = "tenant";
+
+/// Rewrites a `PUT /v1/agent/service/register` body so that `Meta.tenant` is `tenant`,
+/// keeping every other field. Refused: malformed or oversized JSON, a body that is not an
+/// object, a `Meta` that is not an object, a `Meta.tenant` naming another tenant, other
+/// spellings of `Meta` that Consul's decoder would also accept (`meta`, `service_meta`, …,
+/// since Go's JSON decoding ignores case), and a `Connect.SidecarService` (it registers a
+/// second service whose `Meta` this rewrite does not cover).
+pub fn rewrite_registration(body: &[u8], tenant: &TenantName) -> Result<Vec<u8>, DenyReason> {
+    if body.len() > MAX_REGISTRATION_LEN {
+        return Err(DenyReason::BadBody("the registration is too large".into()));
+    }
+    let mut root: Map<String, Value> =
+        serde_json::from_slice(body).map_err(|e| DenyReason::BadBody(e.to_string()))?;
+    for (key, value) in &root {
+        let folded = fold(key);
+        if key != "Meta" && matches!(folded.as_str(), "meta" | "servicemeta") {
+            return Err(DenyReason::AmbiguousField(key.clone()));
+        }
+        if folded == "connect"
+            && value
+                .as_object()
+                .is_some_and(|c| c.keys().any(|k| fold(k) == "sidecarservice"))
+        {
+            return Err(DenyReason::AmbiguousField(format!("{key}.SidecarService")));
+        }
+    }
+    let meta = root
+        .entry("Meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if meta.is_null() {
+        *meta = Value::Object(Map::new());
+    }
+    let Value::Object(meta) = meta else {
+        return Err(DenyReason::BadBody("Meta must be an object".into()));
+    };
+    match meta.get(TENANT_META_KEY) {
+        None => {}
+        Some(Value::String(claimed)) if claimed == tenant.as_str() => {}
+        Some(_) => return Err(DenyReason::OtherTenant),
+    }
+    meta.insert(
+        TENANT_META_KEY.into(),
+        Value::String(tenant.as_str().into()),
+    );
+    serde_json::to_vec(&root).map_err(|e| DenyReason::BadBody(e.to_string()))
+}
+
+/// Keeps the entries of a `/v1/catalog/services` body (an object of service name → tags)
+/// whose service `owners` maps to `tenant`; services missing from `owners` are dropped.
+pub fn filter_catalog_services(
+    body: &[u8],
+    tenant: &TenantName,
+    owners: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, DenyReason> {
+    let services: Map<String, Value> =
+        serde_json::from_slice(body).map_err(|e| DenyReason::BadBody(e.to_string()))?;
+    let kept: Map<String, Value> = services
+        .into_iter()
+        .filter(|(name, _)| owners.get(name).is_some_and(|t| t == tenant.as_str()))
+        .collect();
+    serde_json::to_vec(&kept).map_err(|e| DenyReason::BadBody(e.to_string()))
+}
+
+/// The KV prefix template a tenant's keys must live under, e.g. `tenants/{tenant}/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvPrefix {
+    before: String,
+    after: String,
+}
+
+impl KvPrefix {
+    /// Compiles `template`: relative, `{tenant}` exactly once, ending with `/`, segments of
+    /// `[A-Za-z0-9._-]` other than `.`/`..`. Errors name the `kv_prefix` field.
+    pub fn try_new(template: &str) -> Result<Self, TenantError> {
+        let bad = |problem| TenantError::invalid("kv_prefix", problem);
+        let (before, after) = template
+            .split_once("{tenant}")
+            .ok_or(bad("must contain {tenant}"))?;
+        if after.contains("{tenant}") {
+            return Err(bad("must contain {tenant} exactly once"));
+        }
+        let Some(body) = template.strip_suffix('/') else {
+            return Err(bad("must end with /"));
+        };
+        let valid = body.split('/').all(|s| {
+            s == "{tenant}"
+                || (!s.is_empty()
+                    && s != "."
+                    && s != ".."
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')))
+        });
+        if !valid {
+            return Err(bad(
+                "segments must be {tenant} or non-empty [A-Za-z0-9._-] other than . and ..",
+            ));
+        }
+        Ok(Self {
+            before: before.to_owned(),
+            after: after.to_owned(),
+        })
+    }
+
+    /// The prefix of `tenant`'s keys (ends with `/`).
+    pub fn for_tenant(&self, tenant: &TenantName) -> String {
+        format!("{}{}{}", self.before, tenant.as_str(), self.after)
+    }
+
+    /// Whether `key` (as [`crate::ConsulRoute::Kv`] gives it) is strictly under `tenant`'s
+    /// prefix. The prefix itself without its `/` is refused: with `?recurse` it would also
+    /// list other tenants whose names extend this one.
+    pub fn allows(&self, tenant: &TenantName, key: &str) -> bool {
+        key.strip_prefix(&self.before)
+            .and_then(|k| k.strip_prefix(tenant.as_str()))
+            .and_then(|k| k.strip_prefix(&self.after))
+            .is_some()
+    }
+
+    /// [`Self::allows`] as a decision.
+    pub fn check(&self, tenant: &TenantName, key: &str) -> Result<(), DenyReason> {
+        if self.allows(tenant, key) {
+            Ok(())
+        } else {
+            Err(DenyReason::KeyOutsidePrefix)
+        }
+    }
+}
+
+impl Default for KvPrefix {
+    /// `tenants/{tenant}/`.
+    fn default() -> Self {
+        Self {
+            before: "tenants/".into(),
+            after: "/".into(),
+        }
+    }
+}
+
+/// A JSON key as Consul's decoders may match it: lowercase, without `_` or `-`.
+fn fold(key: &str) -> String {
+    key.chars()
+        .filter(|c| !matches!(c, '_' | '-'))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
