@@ -1,4 +1,5 @@
-//! Tests against the documented Consul samples in `shared/fixtures/consul/`, variations of
+//! Tests against the documented Consul samples (copied from the project's shared
+//! `fixtures/consul/` into `fixtures/` so a clone is self-contained), variations of
 //! them, and the index and backoff rules.
 
 use proptest::prelude::*;
@@ -7,8 +8,8 @@ use serde_json::{json, Value};
 use super::*;
 use crate::{Instance, SplitMix64};
 
-const HEALTH: &str = include_str!("../../../../shared/fixtures/consul/health_service.json");
-const CATALOG: &str = include_str!("../../../../shared/fixtures/consul/catalog_services.json");
+const HEALTH: &str = include_str!("fixtures/health_service.json");
+const CATALOG: &str = include_str!("fixtures/catalog_services.json");
 
 /// The documented health entry.
 fn sample() -> Value {
