@@ -575,13 +575,21 @@ impl HttpContext for Stream {
                 .ok()
                 .flatten()
         };
-        let details = hostcalls::get_property(vec!["response", "code_details"])
-            .ok()
-            .flatten()
-            .map(|d| String::from_utf8_lossy(&d).into_owned())
-            .unwrap_or_default();
+        let status: Option<u16> = header(":status").and_then(|s| s.parse().ok());
+        // Resets, refused connections and timeouts reach the client as Envoy's own 5xx
+        // replies: below 500 the details cannot name an upstream failure, so the success path
+        // skips the property read (one host call per request).
+        let details = if status.is_none_or(|s| s >= 500) {
+            hostcalls::get_property(vec!["response", "code_details"])
+                .ok()
+                .flatten()
+                .map(|d| String::from_utf8_lossy(&d).into_owned())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         let facts = ResponseFacts {
-            status: header(":status").and_then(|s| s.parse().ok()),
+            status,
             grpc_status: header("grpc-status").and_then(|s| s.parse().ok()),
             upstream_failure: upstream_failure(&details),
         };
