@@ -21,6 +21,16 @@ fn moved(a: (&Maglev, &[Instance]), b: (&Maglev, &[Instance]), keys: &[u64]) -> 
     changed as f64 / keys.len() as f64
 }
 
+/// Keys sampled to measure how many move.
+const KEYS: usize = 20_000;
+
+/// Allowed excess over the ideal share `p` of moved keys: Maglev's own disruption (≤ 0.02 at
+/// table size 65537) plus 4 standard deviations of measuring `p` on `KEYS` sampled keys, so
+/// the check is about Maglev, not about sampling luck.
+fn tolerance(p: f64) -> f64 {
+    0.02 + 4.0 * (p * (1.0 - p) / KEYS as f64).sqrt()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -33,10 +43,9 @@ proptest! {
         let ids: Vec<u32> = ids.into_iter().collect();
         let n = ids.len();
         let mut rng = SplitMix64::new(seed);
-        let keys: Vec<u64> = (0..4_000).map(|_| super::Rng::next_u64(&mut rng)).collect();
+        let keys: Vec<u64> = (0..KEYS).map(|_| super::Rng::next_u64(&mut rng)).collect();
         let before = named(&ids);
         let t_before = Maglev::try_new(&before).unwrap();
-        let epsilon = 0.02;
         // One removed (the table size stays when N stays within its power of two).
         let victim = (seed % n as u64) as usize;
         let mut fewer = ids.clone();
@@ -45,7 +54,8 @@ proptest! {
         let t_fewer = Maglev::try_new(&fewer).unwrap();
         if t_fewer.table_size() == t_before.table_size() {
             let share = moved((&t_before, &before), (&t_fewer, &fewer), &keys);
-            prop_assert!(share <= 1.0 / n as f64 + epsilon, "removal moved {share} of keys, N={n}");
+            let ideal = 1.0 / n as f64;
+            prop_assert!(share <= ideal + tolerance(ideal), "removal moved {share} of keys, N={n}");
         }
         // One added.
         let mut more = ids.clone();
@@ -54,7 +64,8 @@ proptest! {
         let t_more = Maglev::try_new(&more).unwrap();
         if t_more.table_size() == t_before.table_size() {
             let share = moved((&t_before, &before), (&t_more, &more), &keys);
-            prop_assert!(share <= 1.0 / (n + 1) as f64 + epsilon, "addition moved {share}, N={n}");
+            let ideal = 1.0 / (n + 1) as f64;
+            prop_assert!(share <= ideal + tolerance(ideal), "addition moved {share}, N={n}");
         }
     }
 
