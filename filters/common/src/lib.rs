@@ -1,10 +1,13 @@
 //! The proxy-wasm glue shared by meshguard filters: config parsing with clear errors, the
-//! shared-data compare-and-swap store, the clock adapter, metrics, local replies and logging.
+//! config's duration type, compiled request conditions, the shared-data compare-and-swap store,
+//! the clock adapter, metrics, local replies and logging.
 
 mod cas;
 mod clock;
 mod config;
+mod duration;
 mod logging;
+mod matching;
 mod metrics;
 mod reply;
 
@@ -12,7 +15,9 @@ pub use crate::{
     cas::{ensure, update, CasError, CasStore, Contention, MemoryStore, SharedData},
     clock::WallClock,
     config::{parse_config, parse_duration, validate_each, ConfigError, Validate},
+    duration::Duration,
     logging::{init_logging, install_panic_hook, sync_log_level},
+    matching::{HeaderMatcher, StringMatcher},
     metrics::{Counter, Gauge},
     reply::send_local_reply,
 };

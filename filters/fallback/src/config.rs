@@ -2,10 +2,10 @@
 //! names the offending field (`breakers[0].trip.failure_ratio.ratio: …`).
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-use meshguard_filter_common::{parse_duration, validate_each, ConfigError, Validate};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+pub use meshguard_filter_common::Duration;
+use meshguard_filter_common::{validate_each, ConfigError, Validate};
+use serde::{Deserialize, Serialize};
 
 /// The root: the breakers, tried in order; the first whose `match` holds owns the request.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -478,73 +478,6 @@ pub struct StaticResponse {
 
 fn default_static_status() -> u16 {
     200
-}
-
-/// A duration written as a whole number and a unit: `ns`, `us`, `ms`, `s`, `m`, `h`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Duration {
-    nanos: u64,
-}
-
-impl Duration {
-    /// A duration of `nanos` nanoseconds.
-    pub const fn from_nanos(nanos: u64) -> Self {
-        Self { nanos }
-    }
-
-    /// Nanoseconds.
-    pub const fn as_nanos(&self) -> u64 {
-        self.nanos
-    }
-}
-
-impl fmt::Display for Duration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(u64, &str); 6] = [
-            (3_600_000_000_000, "h"),
-            (60_000_000_000, "m"),
-            (1_000_000_000, "s"),
-            (1_000_000, "ms"),
-            (1_000, "us"),
-            (1, "ns"),
-        ];
-        let (scale, unit) = UNITS
-            .iter()
-            .find(|(scale, _)| self.nanos.is_multiple_of(*scale) && self.nanos != 0)
-            .copied()
-            .unwrap_or((1_000_000_000, "s"));
-        write!(f, "{}{unit}", self.nanos / scale)
-    }
-}
-
-impl<'de> Deserialize<'de> for Duration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        parse_duration(&text)
-            .map(Self::from_nanos)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for Duration {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-#[cfg(test)]
-impl schemars::JsonSchema for Duration {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Duration".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "pattern": "^[0-9]+(ns|us|ms|s|m|h)$",
-            "description": "A whole number and a unit (ns, us, ms, s, m, h), e.g. \"500ms\", \"1s\", \"1m\".",
-        })
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,8 +1,7 @@
 //! Compiled request conditions (the ratelimit filter's matching, without tenants) and the
 //! breaker key of a request.
 
-use meshguard_filter_common::ConfigError;
-use regex_lite::Regex;
+use meshguard_filter_common::{ConfigError, HeaderMatcher, StringMatcher};
 
 use crate::config::{self, BreakerKey};
 
@@ -26,52 +25,6 @@ pub(crate) trait RequestHeaders {
     }
 }
 
-#[derive(Debug, Clone)]
-enum StringMatcher {
-    Exact(String),
-    Prefix(String),
-    Regex(Regex),
-}
-
-impl StringMatcher {
-    fn compile(
-        exact: Option<&String>,
-        prefix: Option<&String>,
-        regex: Option<&String>,
-    ) -> Result<Self, ConfigError> {
-        match (exact, prefix, regex) {
-            (Some(exact), None, None) => Ok(Self::Exact(exact.clone())),
-            (None, Some(prefix), None) => Ok(Self::Prefix(prefix.clone())),
-            (None, None, Some(pattern)) => Regex::new(pattern)
-                .map(Self::Regex)
-                .map_err(|e| ConfigError::at("regex", format!("invalid regular expression: {e}"))),
-            _ => Err(ConfigError::new(
-                "needs exactly one of `exact`, `prefix` or `regex`",
-            )),
-        }
-    }
-
-    fn matches(&self, value: &str) -> bool {
-        match self {
-            Self::Exact(exact) => value == exact,
-            Self::Prefix(prefix) => value.starts_with(prefix.as_str()),
-            Self::Regex(regex) => regex.is_match(value),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-enum HeaderCondition {
-    Present(bool),
-    Value(StringMatcher),
-}
-
-#[derive(Debug, Clone)]
-struct HeaderMatcher {
-    name: String,
-    condition: HeaderCondition,
-}
-
 /// A compiled [`config::Match`]: all conditions must hold.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Matcher {
@@ -87,7 +40,7 @@ impl Matcher {
             .path
             .as_ref()
             .map(|p| {
-                StringMatcher::compile(p.exact.as_ref(), p.prefix.as_ref(), p.regex.as_ref())
+                StringMatcher::compile(p.exact.as_deref(), p.prefix.as_deref(), p.regex.as_deref())
                     .map_err(|e| e.in_field("path"))
             })
             .transpose()?;
@@ -96,22 +49,14 @@ impl Matcher {
             .iter()
             .enumerate()
             .map(|(i, h)| {
-                let condition = match (h.present, &h.exact, &h.prefix, &h.regex) {
-                    (Some(present), None, None, None) => Ok(HeaderCondition::Present(present)),
-                    (Some(_), ..) => Err(ConfigError::new(
-                        "needs exactly one of `present`, `exact`, `prefix` or `regex`",
-                    )),
-                    (None, exact, prefix, regex) => {
-                        StringMatcher::compile(exact.as_ref(), prefix.as_ref(), regex.as_ref())
-                            .map(HeaderCondition::Value)
-                    }
-                };
-                condition
-                    .map(|condition| HeaderMatcher {
-                        name: h.name.to_ascii_lowercase(),
-                        condition,
-                    })
-                    .map_err(|e| e.in_index(i).in_field("headers"))
+                HeaderMatcher::compile(
+                    &h.name,
+                    h.present,
+                    h.exact.as_deref(),
+                    h.prefix.as_deref(),
+                    h.regex.as_deref(),
+                )
+                .map_err(|e| e.in_index(i).in_field("headers"))
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {
@@ -134,13 +79,9 @@ impl Matcher {
                 return false;
             }
         }
-        self.headers.iter().all(|h| {
-            let value = req.header(&h.name);
-            match &h.condition {
-                HeaderCondition::Present(present) => value.is_some() == *present,
-                HeaderCondition::Value(m) => value.is_some_and(|v| m.matches(&v)),
-            }
-        })
+        self.headers
+            .iter()
+            .all(|h| h.matches(req.header(h.name()).as_deref()))
     }
 }
 
