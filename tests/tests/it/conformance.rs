@@ -15,7 +15,6 @@
 //! lines only record the first tick of each VM. The op language is documented in the
 //! fixture (`tests/fixtures/conformance/src/ops.rs`) and summed up in each case.
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -43,12 +42,8 @@ const WORKER: usize = 2;
 /// Bound on callout rounds in host-sim (a script that calls out forever fails).
 const MAX_CALLOUT_ROUNDS: usize = 100;
 
-fn module() -> &'static Module {
-    static MODULE: OnceLock<Module> = OnceLock::new();
-    MODULE.get_or_init(|| {
-        let path = wasm_artifact("fixture_conformance").expect("fixture built by `make wasm`");
-        Module::from_file(path).expect("fixture_conformance loads")
-    })
+fn module() -> Module {
+    crate::support::module("fixture_conformance")
 }
 
 /// One script run through both hosts.
@@ -250,7 +245,7 @@ fn steered_response(headers: &[(String, String)]) -> (host_sim::Response, Durati
 // ---- host-sim ----------------------------------------------------------------------------
 
 fn sim_host(case: &Case) -> Result<Host> {
-    Host::builder(module())
+    Host::builder(&module())
         .workers(2)
         .base_vm()
         .plugin_config(case.config_text())

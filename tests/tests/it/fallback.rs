@@ -1,34 +1,18 @@
 //! The fallback filter (`meshguard_fallback.wasm`) in host-sim with virtual time and several
 //! worker VMs sharing one breaker state.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use host_sim::{Host, LogLevel, Module, PropertyValue, Request, Response, StreamId};
-use meshguard_tests::wasm_artifact;
+use crate::support::{filter_host, filter_host_with_clusters, module};
+use host_sim::{Host, PropertyValue, Request, Response, StreamId};
 
 const SEC: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
 
-fn module() -> &'static Module {
-    static MODULE: OnceLock<Module> = OnceLock::new();
-    MODULE.get_or_init(|| {
-        let path = wasm_artifact("meshguard_fallback").expect("built by `make wasm`");
-        Module::from_file(path).expect("meshguard_fallback loads")
-    })
-}
-
 /// A configured host with `workers` worker VMs behind Envoy's base VM. The upstream answers
 /// the status in the request's `x-status` header (200 without it).
 fn host_with(config: &str, workers: usize) -> Host {
-    let mut host = Host::builder(module())
-        .plugin_config(config)
-        .workers(workers)
-        .base_vm()
-        .log_level(LogLevel::Debug)
-        .build()
-        .unwrap();
-    assert!(host.configure().unwrap(), "rejected: {:?}", host.logs());
+    let mut host = filter_host("meshguard_fallback", config, workers);
     host.set_upstream(|req| {
         let status = req
             .header("x-status")
@@ -45,15 +29,7 @@ fn host(config: &str) -> Host {
 
 /// Like [`host_with`], with the cluster `fallback` known to `dispatch_http_call`.
 fn host_with_cluster(config: &str, workers: usize) -> Host {
-    let mut host = Host::builder(module())
-        .plugin_config(config)
-        .workers(workers)
-        .base_vm()
-        .cluster("fallback")
-        .log_level(LogLevel::Debug)
-        .build()
-        .unwrap();
-    assert!(host.configure().unwrap(), "rejected: {:?}", host.logs());
+    let mut host = filter_host_with_clusters("meshguard_fallback", config, workers, &["fallback"]);
     host.set_upstream(|req| {
         let status = req
             .header("x-status")
@@ -492,7 +468,7 @@ fn method_path_keys_give_each_path_its_own_breaker() {
 
 #[test]
 fn bad_configurations_are_refused_with_the_field_named() {
-    let mut host = Host::builder(module())
+    let mut host = Host::builder(&module("meshguard_fallback"))
         .plugin_config(r#"{"breakers":[{"name":"b","trip":{"failure_ratio":{"ratio":2,"window":{"calls":10}}}}]}"#)
         .workers(1)
         .build()

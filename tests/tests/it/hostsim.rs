@@ -1,21 +1,15 @@
 //! host-sim driving a compiled filter: the few lines a filter author writes.
 
-use std::sync::OnceLock;
-
+use crate::support::module;
 use host_sim::{Action, Host, Module, Request, Response};
-use meshguard_tests::wasm_artifact;
 
-fn minimal() -> &'static Module {
-    static MODULE: OnceLock<Module> = OnceLock::new();
-    MODULE.get_or_init(|| {
-        let path = wasm_artifact("fixture_minimal").expect("fixture built by `make wasm`");
-        Module::from_file(path).expect("fixture_minimal loads")
-    })
+fn minimal() -> Module {
+    module("fixture_minimal")
 }
 
 #[test]
 fn a_filter_is_tested_in_a_few_lines() {
-    let mut host = Host::builder(minimal()).build().unwrap();
+    let mut host = Host::builder(&minimal()).build().unwrap();
     assert!(host.configure().unwrap());
     let s = host
         .send(0, Request::get("/hello").header("x-tag", "1"))
@@ -29,7 +23,7 @@ fn a_filter_is_tested_in_a_few_lines() {
 
 #[test]
 fn phases_can_be_driven_one_by_one() {
-    let mut host = Host::builder(minimal()).workers(2).build().unwrap();
+    let mut host = Host::builder(&minimal()).workers(2).build().unwrap();
     assert!(host.configure().unwrap());
     let s = host.new_stream(1).unwrap();
     let headers = Request::post("/upload").headers;
@@ -61,7 +55,11 @@ fn phases_can_be_driven_one_by_one() {
 #[test]
 fn the_same_script_and_seed_give_identical_results() {
     let run = || {
-        let mut host = Host::builder(minimal()).workers(2).seed(7).build().unwrap();
+        let mut host = Host::builder(&minimal())
+            .workers(2)
+            .seed(7)
+            .build()
+            .unwrap();
         assert!(host.configure().unwrap());
         let mut out = Vec::new();
         for i in 0..20 {

@@ -10,3 +10,4 @@ mod harness;
 mod hostsim;
 mod ratelimit;
 mod ratelimit_envoy;
+mod support;

@@ -1,34 +1,18 @@
 //! The ratelimit filter (`meshguard_ratelimit.wasm`) in host-sim with virtual time and several
 //! worker VMs, and once in a real Envoy.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use host_sim::{Host, LogLevel, Module, PropertyValue, Request, StreamId};
+use crate::support::{filter_host, module};
+use host_sim::{Host, LogLevel, PropertyValue, Request, StreamId};
 use meshguard_tests::wasm_artifact;
 
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
 
-fn module() -> &'static Module {
-    static MODULE: OnceLock<Module> = OnceLock::new();
-    MODULE.get_or_init(|| {
-        let path = wasm_artifact("meshguard_ratelimit").expect("built by `make wasm`");
-        Module::from_file(path).expect("meshguard_ratelimit loads")
-    })
-}
-
 /// A configured host with `workers` worker VMs behind Envoy's base VM (VM 0, no traffic).
 fn host_with(config: &str, workers: usize) -> Host {
-    let mut host = Host::builder(module())
-        .plugin_config(config)
-        .workers(workers)
-        .base_vm()
-        .log_level(LogLevel::Debug)
-        .build()
-        .unwrap();
-    assert!(host.configure().unwrap(), "rejected: {:?}", host.logs());
-    host
+    filter_host("meshguard_ratelimit", config, workers)
 }
 
 fn host(config: &str) -> Host {
@@ -391,7 +375,7 @@ fn bad_configs_are_rejected_with_one_line_naming_the_field() {
         (String::new(), "the configuration is empty"),
     ];
     for (config, expected) in cases {
-        let mut host = Host::builder(module())
+        let mut host = Host::builder(&module("meshguard_ratelimit"))
             .plugin_config(config.as_str())
             .build()
             .unwrap();
