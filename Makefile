@@ -14,7 +14,8 @@ ENVOY := $(ENVOY_DIR)/envoy/_bin/envoy
 WASM_TARGET := wasm32-wasip1
 # Every crate built into a .wasm module (target/wasm32-wasip1/wasm/<crate>.wasm).
 # Filters are appended here as they land.
-WASM_CRATES := fixture-conformance fixture-minimal meshguard-ratelimit meshguard-fallback
+WASM_CRATES := fixture-conformance fixture-minimal meshguard-ratelimit meshguard-fallback \
+  meshguard-tenant meshguard-router
 WASM_PKGS := $(addprefix -p ,$(WASM_CRATES))
 # Crates also built for wasm32-unknown-unknown, so host-sim proves it loads modules that import
 # nothing from WASI (target/wasm32-unknown-unknown/wasm/<crate>.wasm).

@@ -1,0 +1,1 @@
+//! A state-based fake of Consul's HTTP API (skeleton; being built).
