@@ -31,11 +31,12 @@ pub use crate::{
     },
     tenant::{
         bexpr_string, classify_consul_request, filter_catalog_services, is_trusted_source,
-        normalize_path, parse_source_address, percent_encode, query_unescape, resolve,
-        rewrite_registration, scope_query, split_path_query, tenant_clause, tenant_filter,
-        validate_user_filter, Cidr, ConsulRoute, DenyReason, IdentitySource, KvPrefix,
-        RequestFacts, Resolution, SourceKind, SpiffeMatch, SpiffePattern, TenantError, TenantName,
-        TenantSelector, MAX_CONSUL_NAME_LEN, MAX_CONSUL_PATH_LEN, MAX_REGISTRATION_LEN,
-        MAX_SPIFFE_ID_LEN, MAX_TENANT_LEN, MAX_USER_FILTER_LEN, TENANT_META_KEY,
+        normalize_path, parse_source_address, percent_encode, query_unescape, remove_query_param,
+        resolve, rewrite_registration, scope_query, scope_registration_id, scoped_service_id,
+        split_path_query, tenant_clause, tenant_filter, validate_user_filter, Cidr, ConsulRoute,
+        DenyReason, IdentitySource, KvPrefix, RequestFacts, Resolution, SourceKind, SpiffeMatch,
+        SpiffePattern, TenantError, TenantName, TenantSelector, MAX_CONSUL_NAME_LEN,
+        MAX_CONSUL_PATH_LEN, MAX_REGISTRATION_LEN, MAX_SPIFFE_ID_LEN, MAX_TENANT_LEN,
+        MAX_USER_FILTER_LEN, SERVICE_ID_SEPARATOR, TENANT_META_KEY,
     },
 };

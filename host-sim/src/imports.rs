@@ -19,7 +19,8 @@ type C<'a> = Caller<'a, VmState>;
 
 /// Envoy starts a VM (`_initialize`, `main`, `_start`) with callbacks restricted to WASI
 /// (proxy-wasm-cpp-host `setRestrictedCallback`): a proxy-wasm call then fails the VM.
-fn guard(c: &C, name: &str) -> wasmtime::Result<()> {
+fn guard(c: &C, name: &'static str) -> wasmtime::Result<()> {
+    *lock(&c.data().shared).import_calls.entry(name).or_default() += 1;
     if c.data().restricted {
         return Err(wasmtime::Error::msg(format!(
             "restricted_callback: {name} called while the VM was starting \

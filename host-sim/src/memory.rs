@@ -70,6 +70,10 @@ pub(crate) fn write_alloc(
     let Ok(len) = u32::try_from(bytes.len()) else {
         return Ok(Err(Status::InvalidMemoryAccess));
     };
+    *crate::shared::lock(&caller.data().shared)
+        .import_calls
+        .entry("malloc")
+        .or_default() += 1;
     let addr = alloc.call(&mut *caller, len)?;
     if addr == 0 && len > 0 {
         return Ok(Err(Status::InvalidMemoryAccess));

@@ -175,6 +175,9 @@ pub(crate) struct Shared {
     pub foreign: BTreeMap<String, ForeignFunction>,
     /// Every foreign function call, in order: name and argument bytes.
     pub foreign_calls: Vec<(String, Vec<u8>)>,
+    /// Host calls by name: each `env` import, and `malloc` for the guest allocations the host
+    /// makes to hand data back (a call into the guest in Envoy too).
+    pub import_calls: BTreeMap<&'static str, u64>,
 }
 
 impl Shared {

@@ -284,6 +284,11 @@ impl Envoy {
         &self.config_yaml
     }
 
+    /// The Envoy process id (e.g. for reading its CPU time under `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child().id()
+    }
+
     /// Whether the process is still alive (a crash mid-test shows up here).
     pub fn is_running(&self) -> bool {
         matches!(self.child().try_wait(), Ok(None))

@@ -7,14 +7,21 @@
 //! `weight / latency`. An instance with no sample yet gets a neutral score, the mean
 //! `1 / latency` of the eligible instances that have one (or `1 / initial_ns` when none has),
 //! i.e. an average share: neither flooded nor starved. The estimate keeps `1 / latency` next
-//! to the latency so that a pick multiplies instead of dividing (two passes, no division). Samples at the same `now` as the previous one carry no
-//! weight (as in linkerd); a clock going backwards counts as no time passing.
+//! to the latency so that a pick multiplies instead of dividing (one pass over the list and a
+//! short walk once every instance has a sample, no division). Samples at the same `now` as the
+//! previous one carry no weight (as in linkerd); a clock going backwards counts as no time
+//! passing.
 
 use core::num::NonZeroU64;
 
 use super::pick::two_eligible;
 use super::rng::{unit_f64, Rng};
 use super::{BalanceError, Instance};
+
+/// Most blocks of [`ResponseTimeWeighted::pick`]'s pass (fewer for short lists).
+const BLOCKS: usize = 16;
+/// Fewest instances per block.
+const MIN_BLOCK: usize = 16;
 
 /// Settings of response-time weighted picking: a decay half-life and the estimate used when
 /// no instance has a sample yet.
@@ -73,7 +80,89 @@ impl ResponseTimeWeighted {
 
     /// An eligible instance with probability ∝ `weight / estimated latency`. `estimates[i]`
     /// belongs to instance `i`; missing entries count as no sample.
+    ///
+    /// Once every eligible instance has a sample (the steady state) this is one pass over the
+    /// list plus a short walk: the pass sums the scores per block of consecutive instances
+    /// (short independent chains of additions that the CPU overlaps), the draw walks the
+    /// block sums and rescans a single block. No allocation.
     pub fn pick(
+        &self,
+        instances: &[Instance],
+        estimates: &[LatencyEstimate],
+        admit: impl Fn(usize) -> bool,
+        rng: &mut impl Rng,
+    ) -> Option<usize> {
+        let n = instances.len();
+        if n == 0 || estimates.len() < n {
+            return self.pick_with_unsampled(instances, estimates, admit, rng);
+        }
+        let block = n.div_ceil(BLOCKS).max(MIN_BLOCK);
+        // `ends[b]`: the total score of blocks 0..=b (prefix sums, so the draw compares
+        // instead of subtracting in a chain).
+        let mut ends = [0.0f64; BLOCKS];
+        // The smallest speed's bits among the eligible: 0 when one has no sample (a speed is
+        // 0.0 until the first sample, then positive, and positive floats order like their
+        // bits), found with an integer minimum that costs less than a float test per instance.
+        let mut min_speed_bits = u64::MAX;
+        let mut total = 0.0f64;
+        let blocks = n.div_ceil(block);
+        for (b, end) in ends.iter_mut().enumerate().take(blocks) {
+            let first = b * block;
+            let last = ((b + 1) * block).min(n);
+            let xs = instances.get(first..last).unwrap_or_default();
+            let es = estimates.get(first..last).unwrap_or_default();
+            let mut sum = 0.0f64;
+            for (k, (x, e)) in xs.iter().zip(es).enumerate() {
+                if x.healthy() && admit(first + k) {
+                    min_speed_bits = min_speed_bits.min(e.speed.to_bits());
+                    sum += x.weight_f64() * e.speed;
+                }
+            }
+            total += sum;
+            *end = total;
+        }
+        let unsampled = min_speed_bits == 0;
+        if unsampled {
+            return self.pick_with_unsampled(instances, estimates, admit, rng);
+        }
+        if total <= 0.0 || !total.is_finite() {
+            return None;
+        }
+        let r = unit_f64(rng) * total;
+        // The block where r falls; rounding may put r at or past the last end: the last block
+        // with a score.
+        let ends = ends.get(..blocks).unwrap_or_default();
+        let b = ends
+            .iter()
+            .position(|&end| r < end)
+            .or_else(|| ends.iter().rposition(|&end| end > 0.0))?;
+        let mut start = if b == 0 {
+            0.0
+        } else {
+            ends.get(b - 1).copied().unwrap_or(0.0)
+        };
+        let mut last = None;
+        for i in b * block..((b + 1) * block).min(n) {
+            let (x, e) = (&instances[i], &estimates[i]);
+            if !(x.healthy() && admit(i)) {
+                continue;
+            }
+            let s = x.weight_f64() * e.speed;
+            if s > 0.0 {
+                start += s;
+                if r < start {
+                    return Some(i);
+                }
+                last = Some(i);
+            }
+        }
+        // Rounding left r just above the block's last score: that instance was drawn.
+        last
+    }
+
+    /// [`ResponseTimeWeighted::pick`] when some eligible instance has no sample yet (its
+    /// neutral score needs the mean of the others first): two full passes.
+    fn pick_with_unsampled(
         &self,
         instances: &[Instance],
         estimates: &[LatencyEstimate],

@@ -8,16 +8,33 @@ use super::BalanceError;
 
 /// One upstream instance, validated: a non-empty id, an IP address or DNS name, a port in
 /// 1..=65535 and a weight ≥ 1.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Instance {
     id: String,
     host: String,
     port: NonZeroU16,
     weight: NonZeroU32,
+    /// `weight` as f64, so float-scored picks skip a conversion per instance.
+    weight_f64: f64,
     datacenter: Option<String>,
     zone: Option<String>,
     healthy: bool,
 }
+
+// `weight_f64` follows from `weight`: equality ignores it (and stays total, `Eq`).
+impl PartialEq for Instance {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.host == other.host
+            && self.port == other.port
+            && self.weight == other.weight
+            && self.datacenter == other.datacenter
+            && self.zone == other.zone
+            && self.healthy == other.healthy
+    }
+}
+
+impl Eq for Instance {}
 
 impl Instance {
     /// Validates `id` (non-empty, unique within a list), `host` (an IP address or a DNS name),
@@ -56,6 +73,7 @@ impl Instance {
             host,
             port,
             weight,
+            weight_f64: f64::from(weight.get()),
             datacenter: None,
             zone: None,
             healthy: true,
@@ -101,6 +119,11 @@ impl Instance {
     /// The relative weight (≥ 1).
     pub const fn weight(&self) -> NonZeroU32 {
         self.weight
+    }
+
+    /// The weight as a float.
+    pub(crate) const fn weight_f64(&self) -> f64 {
+        self.weight_f64
     }
 
     /// The datacenter, if known.

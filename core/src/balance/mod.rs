@@ -12,8 +12,10 @@
 //!
 //! Cost per pick over 100 instances (release, x86-64): round robin, random, least request,
 //! [`ResponseTimeWeighted::pick_two`] and Maglev ≈ 2–15 ns (O(1) unless most instances are
-//! ineligible); weighted random ≈ 50 ns, smooth WRR ≈ 100 ns and
-//! [`ResponseTimeWeighted::pick`] ≈ 170 ns (O(N) by nature: one or two passes).
+//! ineligible); weighted random ≈ 70 ns, smooth WRR ≈ 105 ns and
+//! [`ResponseTimeWeighted::pick`] ≈ 95–100 ns (O(N) by nature: one pass plus a block walk;
+//! it was 160–170 ns with two full passes). `cargo bench -p meshguard-core --bench pick`
+//! measures them next to each other.
 
 mod error;
 mod ewma;

@@ -166,6 +166,33 @@ fn response_time_weighting_prefers_faster_instances() {
 }
 
 #[test]
+fn response_time_weighting_is_proportional_across_blocks_and_skips_ineligible() {
+    // 40 instances: three blocks of the one-pass path; weights and latencies vary, every
+    // third instance is not admitted and one is unhealthy.
+    let rt = ResponseTimeWeighted::try_new(1_000 * NS_PER_MS, 10 * NS_PER_MS).unwrap();
+    let weights: Vec<u32> = (0..40).map(|i| 1 + i % 3).collect();
+    let mut xs = weighted(&weights);
+    xs[7] = xs[7].clone().with_healthy(false);
+    let mut est = vec![LatencyEstimate::default(); 40];
+    for (i, e) in est.iter_mut().enumerate() {
+        rt.observe(e, (5 + i as u64 % 4 * 5) * NS_PER_MS, 0);
+    }
+    let admit = |i: usize| !i.is_multiple_of(3);
+    let shares: Vec<f64> = (0..40)
+        .map(|i| {
+            if admit(i) && i != 7 {
+                f64::from(weights[i]) / (5 + i as u64 % 4 * 5) as f64
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mut rng = SplitMix64::new(11);
+    let counts = histogram(40, 200_000, || rt.pick(&xs, &est, admit, &mut rng));
+    assert_chi_square(&counts, &shares);
+}
+
+#[test]
 fn response_time_weighting_gives_new_instances_the_mean_score() {
     let rt = ResponseTimeWeighted::try_new(NS_PER_MS, 5 * NS_PER_MS).unwrap();
     let xs = weighted(&[1, 1, 1]);

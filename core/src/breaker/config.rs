@@ -349,4 +349,13 @@ impl Breaker {
     pub fn is_slow(&self, duration_ns: u64) -> bool {
         self.slow_threshold.is_some_and(|t| duration_ns >= t.get())
     }
+
+    /// True when recording a successful call depends neither on when it completed nor on how
+    /// long it took: no slow-call condition (so no duration) and no ratio window (so no time
+    /// bucket and no trip a success could complete). A success then only resets the run of
+    /// consecutive failures or counts a probe, so a caller may pass any `now` to
+    /// [`Breaker::record`] for it and skip reading its clock (a host call in a filter).
+    pub fn success_is_timeless(&self) -> bool {
+        self.slow_threshold.is_none() && self.ratios.is_none()
+    }
 }

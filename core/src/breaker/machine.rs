@@ -227,6 +227,34 @@ impl Breaker {
         Ok((permit, transition, next.to_bytes()))
     }
 
+    /// [`Breaker::acquire_bytes`] that asks for the time only when the decision depends on
+    /// it: OPEN and HALF_OPEN compare `now` with their deadline, while CLOSED, DISABLED and
+    /// FORCED_OPEN (after the mode is applied) decide without it. Returns what
+    /// `acquire_bytes(stored, now())` returns, and the time it read (`None`: `now` was not
+    /// called), so a filter's hot path of a closed breaker costs no clock read.
+    #[allow(clippy::type_complexity)]
+    pub fn acquire_bytes_lazy(
+        &self,
+        stored: Option<&[u8]>,
+        now: impl FnOnce() -> u64,
+    ) -> Result<
+        (
+            Permit,
+            Option<Transition>,
+            [u8; BreakerState::LEN],
+            Option<u64>,
+        ),
+        BreakerStateError,
+    > {
+        let state = self.decode(stored)?;
+        let mut probe = state;
+        let _ = self.follow_mode(&mut probe);
+        let read = matches!(probe.phase, BreakerPhase::Open | BreakerPhase::HalfOpen).then(now);
+        // CLOSED, DISABLED and FORCED_OPEN never look at `now`: 0 stands in for it.
+        let (permit, transition, next) = self.acquire(state, read.unwrap_or(0));
+        Ok((permit, transition, next.to_bytes(), read))
+    }
+
     /// [`Breaker::record`] over the stored bytes (`None`: no state yet, the
     /// [`Breaker::initial_state`]); returns the bytes to store with the read's CAS token.
     pub fn record_bytes(

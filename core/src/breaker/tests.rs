@@ -565,3 +565,91 @@ fn builder_rejects_impossible_breakers_naming_the_field() {
         }
     );
 }
+
+#[test]
+fn lazy_acquire_reads_the_clock_only_while_open_or_half_open() {
+    let b = breaker();
+    let decide = |stored: Option<&[u8]>, now: u64| {
+        let mut reads = 0;
+        let lazy = b
+            .acquire_bytes_lazy(stored, || {
+                reads += 1;
+                now
+            })
+            .unwrap();
+        let eager = b.acquire_bytes(stored, now).unwrap();
+        assert_eq!(
+            (lazy.0, lazy.1, lazy.2),
+            eager,
+            "same decision as acquire_bytes"
+        );
+        assert_eq!(
+            lazy.3,
+            (reads == 1).then_some(now),
+            "reports the time it read"
+        );
+        (reads, eager.2)
+    };
+    // CLOSED: no clock read, however late it is.
+    let (reads, closed) = decide(None, 42 * SEC);
+    assert_eq!(reads, 0);
+    let (_, open) = feed(
+        &b,
+        BreakerState::from_bytes(&closed).unwrap(),
+        SEC,
+        &[bad(); 3],
+    );
+    assert_eq!(open.phase(), BreakerPhase::Open);
+    // OPEN before and after its deadline, then HALF_OPEN: the clock decides.
+    assert_eq!(decide(Some(&open.to_bytes()), 2 * SEC).0, 1);
+    let (reads, half_open) = decide(Some(&open.to_bytes()), 11 * SEC);
+    assert_eq!(reads, 1);
+    assert_eq!(
+        BreakerState::from_bytes(&half_open).unwrap().phase(),
+        BreakerPhase::HalfOpen
+    );
+    assert_eq!(decide(Some(&half_open), 12 * SEC).0, 1);
+    // FORCED_OPEN rejects without asking for the time.
+    let forced = Breaker::builder()
+        .mode(BreakerMode::ForcedOpen)
+        .consecutive_failures(3)
+        .build()
+        .unwrap();
+    let mut reads = 0;
+    let (permit, ..) = forced
+        .acquire_bytes_lazy(Some(&open.to_bytes()), || {
+            reads += 1;
+            0
+        })
+        .unwrap();
+    assert!(matches!(permit, Permit::Rejected { .. }));
+    assert_eq!(reads, 0);
+}
+
+#[test]
+fn a_success_is_timeless_only_without_slow_calls_and_ratio_windows() {
+    let b = breaker();
+    assert!(b.success_is_timeless());
+    // Its record is the same whatever `now` and duration say, in every phase.
+    let closed = feed(&b, b.initial_state(), 0, &[bad(), bad()]).1;
+    let open = feed(&b, closed, SEC, &[bad()]).1;
+    let (_, _, half_open) = b.acquire(open, 20 * SEC);
+    for (state, probe) in [(closed, false), (open, false), (half_open, true)] {
+        let early = b.record(state, 0, Outcome::success(0), probe);
+        let late = b.record(state, u64::MAX, Outcome::success(u64::MAX), probe);
+        assert_eq!(early, late);
+    }
+    let slow = Breaker::builder()
+        .consecutive_failures(3)
+        .slow_calls(SEC, 1000)
+        .window(BreakerWindow::Count { calls: 10 }, 1)
+        .build()
+        .unwrap();
+    assert!(!slow.success_is_timeless());
+    let ratio = Breaker::builder()
+        .failure_ratio(500)
+        .window(BreakerWindow::Count { calls: 10 }, 10)
+        .build()
+        .unwrap();
+    assert!(!ratio.success_is_timeless());
+}

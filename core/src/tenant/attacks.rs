@@ -790,3 +790,64 @@ proptest! {
         }
     }
 }
+
+fn scope_id(body: &Value, tenant: &str) -> Result<Value, DenyReason> {
+    scope_registration_id(&serde_json::to_vec(body).unwrap(), &t(tenant))
+        .map(|b| serde_json::from_slice(&b).unwrap())
+}
+
+#[test]
+fn service_ids_are_moved_into_the_tenant_namespace_once() {
+    assert_eq!(scoped_service_id(&t("acme"), "web-1"), "acme.web-1");
+    assert_eq!(scoped_service_id(&t("acme"), "acme.web-1"), "acme.web-1");
+    // `acme-corp.` is not `acme.`: tenant names have no dot, so prefixes never overlap.
+    assert_eq!(
+        scoped_service_id(&t("acme"), "acme-corp.web"),
+        "acme.acme-corp.web"
+    );
+    assert_eq!(scoped_service_id(&t("a"), "b.web"), "a.b.web");
+    assert_eq!(
+        scope_id(&json!({"ID": "web-1", "Name": "web", "Port": 1}), "acme").unwrap(),
+        json!({"ID": "acme.web-1", "Name": "web", "Port": 1})
+    );
+    assert_eq!(
+        scope_id(&json!({"Name": "web"}), "acme").unwrap(),
+        json!({"ID": "acme.web", "Name": "web"})
+    );
+    assert_eq!(
+        scope_id(&json!({"ID": "", "Name": "web"}), "acme").unwrap(),
+        json!({"ID": "acme.web", "Name": "web"})
+    );
+}
+
+#[test]
+fn attack_table_registration_ids_that_could_escape_the_namespace_are_refused() {
+    for (attack, body) in [
+        ("lowercase id", json!({"id": "victim.web", "Name": "web"})),
+        ("mixed-case id", json!({"Id": "victim.web", "Name": "web"})),
+        ("lowercase name", json!({"name": "web"})),
+        ("id not a string", json!({"ID": 7, "Name": "web"})),
+        ("no id and no name", json!({"Port": 1})),
+        ("not an object", json!("web")),
+    ] {
+        assert!(scope_id(&body, "acme").is_err(), "{attack}: {body}");
+    }
+}
+
+#[test]
+fn removing_a_query_parameter_keeps_the_others_byte_for_byte() {
+    assert_eq!(remove_query_param(None, "token"), Ok(None));
+    assert_eq!(remove_query_param(Some("token=s3cret"), "token"), Ok(None));
+    assert_eq!(
+        remove_query_param(Some("recurse&t%6fken=x&token=y&raw=1&a=%20"), "token"),
+        Ok(Some("recurse&raw=1&a=%20".into()))
+    );
+    assert_eq!(
+        remove_query_param(Some("tok;en=x"), "token"),
+        Err(DenyReason::MalformedQuery("a semicolon in a name"))
+    );
+    assert_eq!(
+        remove_query_param(Some("%zz=1"), "token"),
+        Err(DenyReason::MalformedQuery("bad escape"))
+    );
+}

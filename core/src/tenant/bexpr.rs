@@ -154,6 +154,24 @@ pub fn scope_query(
     Ok(out)
 }
 
+/// Removes every parameter whose name decodes (as in [`scope_query`]) to `name`, keeping
+/// the others byte for byte; `None` when nothing is left. Used to drop a client's
+/// `?token=` when the filter replaces the Consul token.
+pub fn remove_query_param(query: Option<&str>, name: &str) -> Result<Option<String>, DenyReason> {
+    let mut kept: Vec<&str> = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let raw_key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        let key = query_unescape(raw_key).ok_or(DenyReason::MalformedQuery("bad escape"))?;
+        if key.contains(';') {
+            return Err(DenyReason::MalformedQuery("a semicolon in a name"));
+        }
+        if key != name {
+            kept.push(pair);
+        }
+    }
+    Ok((!kept.is_empty()).then(|| kept.join("&")))
+}
+
 /// Go's `url.QueryUnescape`: `+` is a space, `%XY` a byte; `None` on a bad escape or
 /// invalid UTF-8.
 pub fn query_unescape(s: &str) -> Option<String> {

@@ -158,3 +158,59 @@ fn fold(key: &str) -> String {
         .flat_map(char::to_lowercase)
         .collect()
 }
+
+/// The separator between a tenant and a service id in [`scoped_service_id`]; tenant names
+/// cannot contain it, so `<tenant>.` prefixes never overlap (`a.` vs `a-b.`).
+pub const SERVICE_ID_SEPARATOR: char = '.';
+
+/// `id` in `tenant`'s id namespace: `<tenant>.<id>`, or `id` unchanged when it already
+/// starts with `<tenant>.` (so re-registering an id Consul returned keeps it).
+pub fn scoped_service_id(tenant: &TenantName, id: &str) -> String {
+    let prefixed = id
+        .strip_prefix(tenant.as_str())
+        .is_some_and(|rest| rest.starts_with(SERVICE_ID_SEPARATOR));
+    if prefixed {
+        id.to_owned()
+    } else {
+        format!("{}{SERVICE_ID_SEPARATOR}{id}", tenant.as_str())
+    }
+}
+
+/// Moves a registration's service id into `tenant`'s namespace ([`scoped_service_id`] of its
+/// `ID`, or of its `Name` when there is no `ID`, as Consul defaults the id to the name), so
+/// a tenant can only ever deregister (or overwrite) its own instances. Refused: a body that
+/// is not an object, an `ID`/`Name` that is not a string, other spellings of them that Go's
+/// case-insensitive decoding would also match (`id`, `Id`, `name`, …), and a body with
+/// neither.
+pub fn scope_registration_id(body: &[u8], tenant: &TenantName) -> Result<Vec<u8>, DenyReason> {
+    if body.len() > MAX_REGISTRATION_LEN {
+        return Err(DenyReason::BadBody("the registration is too large".into()));
+    }
+    let mut root: Map<String, Value> =
+        serde_json::from_slice(body).map_err(|e| DenyReason::BadBody(e.to_string()))?;
+    for key in root.keys() {
+        let folded = fold(key);
+        let canonical = match folded.as_str() {
+            "id" => "ID",
+            "name" => "Name",
+            _ => continue,
+        };
+        if key != canonical {
+            return Err(DenyReason::AmbiguousField(key.clone()));
+        }
+    }
+    let id = match (root.get("ID"), root.get("Name")) {
+        (Some(Value::String(id)), _) if !id.is_empty() => id.clone(),
+        (Some(Value::String(_)) | None, Some(Value::String(name))) if !name.is_empty() => {
+            name.clone()
+        }
+        (Some(Value::String(_)) | None, None | Some(Value::String(_))) => {
+            return Err(DenyReason::BadBody(
+                "the registration has no ID or Name".into(),
+            ))
+        }
+        _ => return Err(DenyReason::BadBody("ID and Name must be strings".into())),
+    };
+    root.insert("ID".into(), Value::String(scoped_service_id(tenant, &id)));
+    serde_json::to_vec(&root).map_err(|e| DenyReason::BadBody(e.to_string()))
+}

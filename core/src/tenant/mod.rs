@@ -19,11 +19,12 @@ mod attacks;
 mod tests;
 
 pub use bexpr::{
-    bexpr_string, percent_encode, query_unescape, scope_query, tenant_clause, tenant_filter,
-    validate_user_filter, MAX_USER_FILTER_LEN,
+    bexpr_string, percent_encode, query_unescape, remove_query_param, scope_query, tenant_clause,
+    tenant_filter, validate_user_filter, MAX_USER_FILTER_LEN,
 };
 pub use body::{
-    filter_catalog_services, rewrite_registration, KvPrefix, MAX_REGISTRATION_LEN, TENANT_META_KEY,
+    filter_catalog_services, rewrite_registration, scope_registration_id, scoped_service_id,
+    KvPrefix, MAX_REGISTRATION_LEN, SERVICE_ID_SEPARATOR, TENANT_META_KEY,
 };
 pub use cidr::{is_trusted_source, parse_source_address, Cidr};
 pub use error::{DenyReason, SourceKind, TenantError};

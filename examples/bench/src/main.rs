@@ -1,6 +1,14 @@
 //! Envoy benchmarks with wrk: every variant runs in this one process, against the same fast
 //! upstream, and is reported as a ratio to the baselines measured in the same run (Envoy with no
 //! filter; Envoy's native equivalent where one exists). Machines here are noisy: read ratios.
+//!
+//! Fairness: every variant renders the same listener and route (`harness` template; the
+//! outlier-detection baseline differs only in its cluster's `outlier_detection`), runs with the
+//! same `--concurrency` (the upstream too), and gets the same warm-up before measuring (V8
+//! compiles the hot wasm functions with its optimizing tier in the background during the first
+//! requests). Rejections differ in their headers: the meshguard limiter adds `Retry-After` and
+//! `RateLimit-*` by default, Envoy's `local_ratelimit` none; the variant "no quota headers"
+//! measures the limiter answering like the native one.
 
 use std::process::Command;
 use std::time::Duration;
@@ -9,15 +17,28 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use meshguard_tests::{wasm_artifact, Envoy, EnvoyConfig, WasmFilter};
 
+mod router;
+mod tenant;
+
 #[derive(Parser, Debug)]
 #[command(about = "Benchmark Envoy variants with wrk and report ratios to baselines")]
 struct Args {
-    /// Seconds of measurement per variant (after a 1 s warm-up).
+    /// Seconds of measurement per variant (after the warm-up).
     #[arg(long, default_value_t = 5)]
     seconds: u32,
+    /// Seconds of warm-up per variant before measuring (V8 tier-up of the wasm code).
+    #[arg(long, default_value_t = 2)]
+    warmup: u32,
     /// wrk connections.
     #[arg(long, default_value_t = 32)]
     connections: u32,
+    /// Envoy worker threads (`--concurrency`) of every measured Envoy and of the upstream.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+    /// Measure only the variants whose name contains one of these (repeatable); their
+    /// baselines and "envoy, no filter" always run.
+    #[arg(long)]
+    only: Vec<String>,
     /// Rounds over all variants, each in a rotated order so no variant always runs last on a
     /// machine whose load drifts; the best round of each variant is reported.
     #[arg(long, default_value_t = 3)]
@@ -42,6 +63,9 @@ struct Measured {
     p99_us: f64,
     non_2xx: u64,
     requests: u64,
+    /// Envoy's CPU time (all threads) per request, microseconds: unlike req/s, barely moved
+    /// by other load on the machine.
+    cpu_us: f64,
 }
 
 /// Envoy's native token bucket, the baseline for rate limiting; `tokens` per second.
@@ -61,12 +85,41 @@ fn local_ratelimit(tokens: u32) -> String {
     )
 }
 
-fn variants(upstream_port: u16) -> Result<Vec<Variant>> {
-    let base = || EnvoyConfig::new("harness").upstream(upstream_port);
+fn variants(upstream_port: u16, args: &Args, backends: &router::Backends) -> Result<Vec<Variant>> {
+    let all = all_variants(upstream_port, args.concurrency, backends)?;
+    if args.only.is_empty() {
+        return Ok(all);
+    }
+    let wanted =
+        |v: &Variant| v.name == NO_FILTER || args.only.iter().any(|o| v.name.contains(o.as_str()));
+    let baselines: Vec<&'static str> = all
+        .iter()
+        .filter(|v| wanted(v))
+        .filter_map(|v| v.compare_with)
+        .collect();
+    Ok(all
+        .into_iter()
+        .filter(|v| wanted(v) || baselines.contains(&v.name))
+        .collect())
+}
+
+/// The first variant: every ratio's "none" baseline.
+const NO_FILTER: &str = "envoy, no filter";
+
+fn all_variants(
+    upstream_port: u16,
+    concurrency: u32,
+    backends: &router::Backends,
+) -> Result<Vec<Variant>> {
+    let base = || {
+        EnvoyConfig::new("harness")
+            .upstream(upstream_port)
+            .concurrency(concurrency)
+    };
     let minimal = wasm_artifact("fixture_minimal")?;
     let mut out = vec![
         Variant {
-            name: "envoy, no filter",
+            name: NO_FILTER,
             compare_with: None,
             config: base(),
         },
@@ -83,7 +136,9 @@ fn variants(upstream_port: u16) -> Result<Vec<Variant>> {
         Variant {
             name: "native outlier_detection (5 consecutive 5xx)",
             compare_with: None,
-            config: EnvoyConfig::new("harness-outlier").upstream(upstream_port),
+            config: EnvoyConfig::new("harness-outlier")
+                .upstream(upstream_port)
+                .concurrency(concurrency),
         },
         Variant {
             name: "wasm fixture_minimal (proxy-wasm floor)",
@@ -102,23 +157,42 @@ fn variants(upstream_port: u16) -> Result<Vec<Variant>> {
         });
     }
     if let Ok(ratelimit) = wasm_artifact("meshguard_ratelimit") {
-        let config = |requests: u64| {
+        let config = |requests: u64, extra: &str| {
             format!(
-                r#"{{"rules":[{{"name":"bench","limits":[{{"algorithm":"token_bucket","requests":{requests},"per":"1s"}}]}}]}}"#
+                r#"{{"rules":[{{"name":"bench","limits":[{{"algorithm":"token_bucket","requests":{requests},"per":"1s"}}]{extra}}}]}}"#
             )
         };
         out.push(Variant {
             name: "meshguard ratelimit, limit not reached",
             compare_with: Some("native local_ratelimit, limit not reached"),
             config: base().wasm_filter(
-                WasmFilter::new("ratelimit", &ratelimit).configuration(config(100_000_000)),
+                WasmFilter::new("ratelimit", &ratelimit).configuration(config(100_000_000, "")),
             ),
         });
         out.push(Variant {
             name: "meshguard ratelimit, limit reached",
             compare_with: Some("native local_ratelimit, limit reached"),
-            config: base()
-                .wasm_filter(WasmFilter::new("ratelimit", &ratelimit).configuration(config(100))),
+            config: base().wasm_filter(
+                WasmFilter::new("ratelimit", &ratelimit).configuration(config(100, "")),
+            ),
+        });
+        out.push(Variant {
+            name: "meshguard ratelimit, limit reached, no quota headers",
+            compare_with: Some("native local_ratelimit, limit reached"),
+            config: base().wasm_filter(
+                WasmFilter::new("ratelimit", &ratelimit)
+                    .configuration(config(100, r#","ratelimit_headers":"never""#)),
+            ),
+        });
+    }
+    for (name, compare_with, config) in tenant::variants(base)?
+        .into_iter()
+        .chain(backends.variants(concurrency)?)
+    {
+        out.push(Variant {
+            name,
+            compare_with,
+            config,
         });
     }
     Ok(out)
@@ -151,6 +225,7 @@ fn parse_wrk(
         p99_us: 0.0,
         non_2xx: 0,
         requests: 0,
+        cpu_us: 0.0,
     };
     for line in out.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -189,9 +264,29 @@ fn measure(variant: Variant, args: &Args) -> Result<Measured> {
     let envoy = Envoy::start(variant.config.startup_timeout(Duration::from_secs(60)))
         .with_context(|| format!("start Envoy for {}", variant.name))?;
     let url = format!("http://{}/", envoy.listener_addr());
-    wrk(&url, 1, args.connections, false)?;
+    wrk(&url, args.warmup, args.connections, false)?;
+    let before = cpu_ns(envoy.pid());
     let out = wrk(&url, args.seconds, args.connections, true)?;
-    parse_wrk(variant.name, variant.compare_with, &out)
+    let after = cpu_ns(envoy.pid());
+    let mut m = parse_wrk(variant.name, variant.compare_with, &out)?;
+    if let (Some(before), Some(after)) = (before, after) {
+        if m.requests > 0 {
+            m.cpu_us = after.saturating_sub(before) as f64 / 1_000.0 / m.requests as f64;
+        }
+    }
+    Ok(m)
+}
+
+/// CPU time of every thread of process `pid` so far, nanoseconds (the first field of each
+/// `/proc/<pid>/task/<tid>/schedstat`); `None` where `/proc` does not tell.
+fn cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0u64;
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }
 
 fn ratio(a: f64, b: f64) -> String {
@@ -205,20 +300,31 @@ fn ratio(a: f64, b: f64) -> String {
 fn main() -> Result<()> {
     let args = Args::parse();
     if !(1..=120).contains(&args.seconds)
+        || !(1..=60).contains(&args.warmup)
         || !(1..=1024).contains(&args.connections)
         || !(1..=10).contains(&args.rounds)
+        || !(1..=64).contains(&args.concurrency)
     {
-        bail!("--seconds must be 1..=120, --connections 1..=1024 and --rounds 1..=10");
+        bail!(
+            "--seconds must be 1..=120, --warmup 1..=60, --connections 1..=1024, \
+             --rounds 1..=10 and --concurrency 1..=64"
+        );
     }
     // The upstream is an Envoy answering by itself, so it is never the bottleneck.
-    let upstream = Envoy::start(EnvoyConfig::new("direct"))?;
+    let upstream = Envoy::start(EnvoyConfig::new("direct").concurrency(args.concurrency))?;
     let port = upstream.listener_addr().port();
-    let count = variants(port)?.len();
+    // The router variants route to their own three instances behind a stand-in Consul.
+    let backends = router::Backends::start(args.concurrency)?;
+    eprintln!(
+        "envoy --concurrency {}, wrk -t1 -c{}, {} s warm-up + {} s per variant, {} rounds",
+        args.concurrency, args.connections, args.warmup, args.seconds, args.rounds
+    );
+    let count = variants(port, &args, &backends)?.len();
     let mut best: Vec<Option<Measured>> = vec![None; count];
     for round in 0..args.rounds as usize {
         for offset in 0..count {
             let index = (offset + round) % count;
-            let Some(variant) = variants(port)?.into_iter().nth(index) else {
+            let Some(variant) = variants(port, &args, &backends)?.into_iter().nth(index) else {
                 continue;
             };
             eprintln!("round {}: {}", round + 1, variant.name);
@@ -238,23 +344,33 @@ fn main() -> Result<()> {
         .map(|m| (m.requests_per_s, m.p99_us))
         .unwrap_or((0.0, 0.0));
     println!(
-        "{:<44} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
-        "variant", "req/s", "p50 us", "p99 us", "non-2xx", "rps/none", "rps/nat", "p99/nat"
+        "{:<54} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>8}",
+        "variant",
+        "req/s",
+        "p50 us",
+        "p99 us",
+        "non-2xx",
+        "rps/none",
+        "rps/nat",
+        "p99/nat",
+        "cpu us/rq",
+        "cpu/nat"
     );
     let mut json = Vec::new();
     for m in &results {
         let native = m
             .compare_with
             .and_then(|n| results.iter().find(|r| r.name == n));
-        let (rps_nat, p99_nat) = match native {
+        let (rps_nat, p99_nat, cpu_nat) = match native {
             Some(n) => (
                 ratio(m.requests_per_s, n.requests_per_s),
                 ratio(m.p99_us, n.p99_us),
+                ratio(m.cpu_us, n.cpu_us),
             ),
-            None => ("-".into(), "-".into()),
+            None => ("-".into(), "-".into(), "-".into()),
         };
         println!(
-            "{:<44} {:>10.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>8} {:>8}",
+            "{:<54} {:>10.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>8} {:>8} {:>9.2} {:>8}",
             m.name,
             m.requests_per_s,
             m.p50_us,
@@ -262,7 +378,9 @@ fn main() -> Result<()> {
             m.non_2xx,
             ratio(m.requests_per_s, baseline.0),
             rps_nat,
-            p99_nat
+            p99_nat,
+            m.cpu_us,
+            cpu_nat
         );
         json.push(serde_json::json!({
             "variant": m.name,
@@ -275,6 +393,8 @@ fn main() -> Result<()> {
             "compared_with": m.compare_with,
             "rps_vs_native": native.map(|n| m.requests_per_s / n.requests_per_s),
             "p99_vs_native": native.map(|n| m.p99_us / n.p99_us),
+            "cpu_us_per_request": m.cpu_us,
+            "cpu_vs_native": native.map(|n| m.cpu_us / n.cpu_us),
         }));
     }
     println!("{}", serde_json::Value::Array(json));

@@ -10,8 +10,11 @@
 //! 200s then 429s and their `RateLimit-*` headers, and a burst shaped to a fixed pace (exit 1
 //! if the filter does not do what its configuration says).
 
+mod controlplane;
 mod fallback;
 mod ratelimit;
+mod router;
+mod tenant;
 
 use std::process::ExitCode;
 
@@ -68,6 +71,9 @@ fn main() -> ExitCode {
     match run()
         .and_then(|()| ratelimit::run())
         .and_then(|()| fallback::run())
+        .and_then(|()| tenant::run())
+        .and_then(|()| router::run())
+        .and_then(|()| controlplane::run())
     {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -1,11 +1,12 @@
 //! The proxy-wasm glue shared by meshguard filters: config parsing with clear errors, the
 //! config's duration type, compiled request conditions, the shared-data compare-and-swap store,
-//! the clock adapter, metrics, local replies and logging.
+//! the clock adapter, metrics, local replies, logging and a one-call header map reader.
 
 mod cas;
 mod clock;
 mod config;
 mod duration;
+mod headers;
 mod logging;
 mod matching;
 mod metrics;
@@ -16,6 +17,7 @@ pub use crate::{
     clock::WallClock,
     config::{parse_config, parse_duration, validate_each, ConfigError, Validate},
     duration::Duration,
+    headers::HeaderMap,
     logging::{init_logging, install_panic_hook, sync_log_level},
     matching::{HeaderMatcher, StringMatcher},
     metrics::{Counter, Gauge},

@@ -1,6 +1,8 @@
 //! The compiled configuration and the decisions over shared state, free of proxy-wasm so they
 //! are tested natively against a [`MemoryStore`](meshguard_filter_common::MemoryStore).
 
+use std::cell::Cell;
+
 use meshguard_core::{
     Breaker, BreakerError, BreakerMode, BreakerPhase, BreakerState, BreakerWindow, FailurePolicy,
     Outcome, OutcomeKind, Permit, ResponseFacts, Transition, UpstreamFailure, PER_MILLE,
@@ -31,6 +33,8 @@ pub(crate) struct Compiled {
     pub(crate) has_service: bool,
     pub(crate) fallback_on_failure: bool,
     pub(crate) state_header: bool,
+    /// The shared-data key of the per-route instance, built once.
+    route_key: String,
 }
 
 /// The whole configuration, compiled.
@@ -48,6 +52,8 @@ pub(crate) struct Acquired {
     pub(crate) phase: BreakerPhase,
     /// The update lost every CAS race: the request was let through unmeasured.
     pub(crate) contention: bool,
+    /// The time read for the decision (`None`: the phase did not need one).
+    pub(crate) now: Option<u64>,
 }
 
 /// What `record` changed.
@@ -81,7 +87,13 @@ impl Engine {
             .iter()
             .enumerate()
             .find(|(_, b)| b.matcher.matches(req))
-            .map(|(i, b)| (i, state_key(&b.name, &instance_key(b.key, req))))
+            .map(|(i, b)| {
+                let key = match b.key {
+                    BreakerKey::Route => b.route_key.clone(),
+                    key => state_key(&b.name, &instance_key(key, req)),
+                };
+                (i, key)
+            })
     }
 
     /// Creates the state of every per-route breaker before traffic flows: Envoy ignores the
@@ -117,22 +129,35 @@ impl Compiled {
                 .any(|s| matches!(s, Fallback::Service(_))),
             fallback_on_failure: c.fallback_on_failure,
             state_header: c.state_header,
+            route_key: state_key(&c.name, "route"),
         })
     }
 
-    /// Asks the shared breaker at `key` whether a call at `now` may go upstream. When the CAS
-    /// retries run out (other workers kept winning) the call is let through unmeasured: a busy
-    /// breaker must not turn contention into rejections.
-    pub(crate) fn acquire(&self, store: &impl CasStore, key: &str, now: u64) -> Acquired {
+    /// Asks the shared breaker at `key` whether a call may go upstream now. `now` is read at
+    /// most once, and only when the phase needs it (OPEN, HALF_OPEN): a closed breaker costs
+    /// no clock read. When the CAS retries run out (other workers kept winning) the call is
+    /// let through unmeasured: a busy breaker must not turn contention into rejections.
+    pub(crate) fn acquire(
+        &self,
+        store: &impl CasStore,
+        key: &str,
+        now: impl Fn() -> u64,
+    ) -> Acquired {
+        let read = Cell::new(None);
+        let now = || {
+            let t = read.get().unwrap_or_else(&now);
+            read.set(Some(t));
+            t
+        };
         self.create_if_missing(store, key);
         let result = update(store, key, MAX_RETRIES, |stored| {
             let decided = self
                 .breaker
-                .acquire_bytes(stored, now)
+                .acquire_bytes_lazy(stored, now)
                 // State we cannot read (another version wrote it): start afresh.
-                .or_else(|_| self.breaker.acquire_bytes(None, now));
+                .or_else(|_| self.breaker.acquire_bytes_lazy(None, now));
             match decided {
-                Ok((permit, transition, bytes)) => {
+                Ok((permit, transition, bytes, _)) => {
                     ((permit, transition, phase_of(&bytes)), bytes.to_vec())
                 }
                 Err(_) => (
@@ -147,12 +172,14 @@ impl Compiled {
                 transition,
                 phase,
                 contention: false,
+                now: read.get(),
             },
             Err(_) => Acquired {
                 permit: Permit::Allowed { probe: false },
                 transition: None,
                 phase: BreakerPhase::Closed,
                 contention: true,
+                now: read.get(),
             },
         }
     }
@@ -567,7 +594,7 @@ mod tests {
         let key = "mg:cb:b:route";
         let mut transitions = 0;
         for now in 0..3 {
-            let a = b.acquire(&store, key, now);
+            let a = b.acquire(&store, key, || now);
             assert_eq!(a.permit, Permit::Allowed { probe: false });
             let r = b.record(&store, key, now, Outcome::failure(1), false);
             transitions += usize::from(r.transition.is_some());
@@ -575,9 +602,38 @@ mod tests {
         assert_eq!(transitions, 1);
         assert_eq!(b.phase(&store, key), BreakerPhase::Open);
         assert!(matches!(
-            b.acquire(&store, key, 10).permit,
+            b.acquire(&store, key, || 10).permit,
             Permit::Rejected { .. }
         ));
+    }
+
+    #[test]
+    fn a_closed_breaker_decides_without_reading_the_clock() {
+        let e = engine(MIN);
+        let store = MemoryStore::new();
+        e.create_keys(&store);
+        let b = &e.breakers[0];
+        let key = "mg:cb:b:route";
+        let reads = Cell::new(0);
+        let clock = |now: u64| {
+            let reads = &reads;
+            move || {
+                reads.set(reads.get() + 1);
+                now
+            }
+        };
+        let a = b.acquire(&store, key, clock(5));
+        assert_eq!(
+            (a.permit, a.now, reads.get()),
+            (Permit::Allowed { probe: false }, None, 0)
+        );
+        for _ in 0..3 {
+            b.record(&store, key, 5, Outcome::failure(1), false);
+        }
+        // OPEN compares the time with its deadline: exactly one read, reported back.
+        let a = b.acquire(&store, key, clock(6));
+        assert!(matches!(a.permit, Permit::Rejected { .. }));
+        assert_eq!((a.now, reads.get()), (Some(6), 1));
     }
 
     #[test]
@@ -587,7 +643,7 @@ mod tests {
         e.create_keys(&store);
         assert!(store.keys().is_empty());
         let b = &e.breakers[0];
-        b.acquire(&store, "mg:cb:b:svc", 0);
+        b.acquire(&store, "mg:cb:b:svc", || 0);
         assert_eq!(store.keys(), vec!["mg:cb:b:svc".to_string()]);
     }
 }

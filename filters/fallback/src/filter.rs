@@ -4,13 +4,13 @@
 
 use std::rc::Rc;
 
-use log::{debug, error, info};
+use log::{debug, error, info, log_enabled, Level};
 use meshguard_core::{
     BreakerPhase, Outcome, OutcomeKind, Permit, ResponseFacts, Transition, UpstreamFailure,
 };
 use meshguard_filter_common::{
     init_logging, parse_config, send_local_reply, sync_log_level, CasStore, Counter, Gauge,
-    SharedData, WallClock,
+    HeaderMap, SharedData, WallClock,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -111,6 +111,13 @@ fn bump(counter: Option<Counter>) {
     if let Some(counter) = counter {
         counter.increment();
     }
+}
+
+/// Whether a call through `b` may skip reading the clock when it starts and when it succeeds:
+/// the breaker never looks at a success's time or duration (`Breaker::success_is_timeless`),
+/// and the debug log, which prints the duration, is off.
+fn clock_free(b: &Compiled) -> bool {
+    b.breaker.success_is_timeless() && !log_enabled!(Level::Debug)
 }
 
 fn phase_name(phase: BreakerPhase) -> String {
@@ -227,7 +234,8 @@ impl RequestHeaders for HostRequest {
 #[derive(Debug)]
 struct Active {
     key: String,
-    start_ns: u64,
+    /// When the call started; `None` when nothing needs its duration (see `clock_free`).
+    start_ns: Option<u64>,
     probe: bool,
     recorded: bool,
 }
@@ -439,9 +447,15 @@ impl Stream {
         let active = self.active.as_mut().filter(|a| !a.recorded)?;
         active.recorded = true;
         let (b, stats) = (state.engine.breakers.get(index)?, state.stats.get(index)?);
-        let now = state.clock.now_ns();
-        let duration_ns = now.saturating_sub(active.start_ns);
         let kind = b.classify(facts);
+        // A success that neither time nor duration can change is recorded without a clock
+        // read (a host call per request); `now` is then any time the state has seen.
+        let now = if kind == OutcomeKind::Success && clock_free(b) {
+            active.start_ns.unwrap_or(0)
+        } else {
+            state.clock.now_ns()
+        };
+        let duration_ns = active.start_ns.map_or(0, |start| now.saturating_sub(start));
         let slow = b.breaker.is_slow(duration_ns);
         if kind == OutcomeKind::Failure {
             bump(stats.failures);
@@ -517,8 +531,13 @@ impl HttpContext for Stream {
                 &HostRequest.header(":path").unwrap_or_default(),
             );
         }
-        let now = state.clock.now_ns();
-        let acquired = b.acquire(&SharedData, &key, now);
+        // The start time is read up front only if the duration can matter; otherwise the
+        // breaker reads the clock only in the phases that need it (never while CLOSED).
+        let start = (!clock_free(b)).then(|| state.clock.now_ns());
+        let acquired = b.acquire(&SharedData, &key, || {
+            start.unwrap_or_else(|| state.clock.now_ns())
+        });
+        let start_ns = start.or(acquired.now);
         if acquired.contention {
             bump(stats.contention);
         }
@@ -542,7 +561,7 @@ impl HttpContext for Stream {
                 }
                 self.active = Some(Active {
                     key,
-                    start_ns: now,
+                    start_ns,
                     probe,
                     recorded: false,
                 });
@@ -570,11 +589,9 @@ impl HttpContext for Stream {
             // Our own fallback reply, or a request this filter did not forward.
             return Action::Continue;
         }
-        let header = |name: &str| {
-            hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
-                .ok()
-                .flatten()
-        };
+        // One host call for every header this callback may look at.
+        let headers = HeaderMap::response_headers();
+        let header = |name: &str| headers.get(name);
         let status: Option<u16> = header(":status").and_then(|s| s.parse().ok());
         // Resets, refused connections and timeouts reach the client as Envoy's own 5xx
         // replies: below 500 the details cannot name an upstream failure, so the success path
@@ -615,10 +632,10 @@ impl HttpContext for Stream {
         };
         if kind == OutcomeKind::Success
             && self.cache_key.is_some()
-            && cache::cacheable(status, header("cache-control").as_deref())
+            && cache::cacheable(status, header("cache-control"))
             && b.cache.as_ref().is_some_and(fits)
         {
-            let headers = cache::stored_headers(self.get_http_response_headers());
+            let headers = cache::stored_headers(headers.to_vec());
             self.fill = Some(Fill { status, headers });
             if end_of_stream {
                 self.store(&state, Vec::new());

@@ -7,6 +7,9 @@
 //! as in Envoy's local rate limit with several descriptors). Delays add up to the longest
 //! one; shadow rules never stop the evaluation.
 
+use std::borrow::Cow;
+use std::rc::Rc;
+
 use meshguard_core::{Decision, Verdict};
 use meshguard_filter_common::{CasStore, ConfigError};
 
@@ -34,8 +37,9 @@ pub(crate) struct CompiledRule {
     tiers: Vec<(Matcher, usize)>,
     table: Table,
     status: u16,
-    body: Vec<u8>,
-    headers: Vec<(String, String)>,
+    /// Shared with every reply (a rejection copies no body).
+    body: Rc<[u8]>,
+    headers: Vec<(Cow<'static, str>, String)>,
     headers_mode: HeadersMode,
 }
 
@@ -123,8 +127,9 @@ pub(crate) struct Reply {
     /// Index of the rejecting rule.
     pub(crate) rule: usize,
     pub(crate) status: u16,
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) body: Vec<u8>,
+    /// Configured headers, then the computed ones (names are static: no allocation).
+    pub(crate) headers: Vec<(Cow<'static, str>, String)>,
+    pub(crate) body: Rc<[u8]>,
 }
 
 /// Every rule of a configuration.
@@ -284,12 +289,12 @@ impl CompiledRule {
             tiers: tiers.into_iter().map(|(m, t, _)| (m, t)).collect(),
             table,
             status: rule.response.status,
-            body: rule.response.body.clone().into_bytes(),
+            body: Rc::from(rule.response.body.as_bytes()),
             headers: rule
                 .response
                 .headers
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (Cow::Owned(k.clone()), v.clone()))
                 .collect(),
             headers_mode: rule.ratelimit_headers,
         })
@@ -298,19 +303,20 @@ impl CompiledRule {
     /// The rejection reply: the configured response, `Retry-After` (whole seconds, at least 1;
     /// left out when the request can never fit) and the quota headers.
     fn reply(&self, index: usize, quota: Option<Quota>, retry_after_ns: u64) -> Reply {
-        let mut headers = self.headers.clone();
+        let mut headers = Vec::with_capacity(self.headers.len() + 4);
+        headers.extend(self.headers.iter().cloned());
         if retry_after_ns != Decision::NEVER {
             let secs = retry_after_ns.div_ceil(NANOS_PER_SEC).max(1);
-            headers.push(("retry-after".to_string(), secs.to_string()));
+            headers.push((Cow::Borrowed("retry-after"), secs.to_string()));
         }
         if let Some(quota) = quota {
-            headers.extend(quota.headers().map(|(k, v)| (k.to_string(), v)));
+            headers.extend(quota.headers().map(|(k, v)| (Cow::Borrowed(k), v)));
         }
         Reply {
             rule: index,
             status: self.status,
             headers,
-            body: self.body.clone(),
+            body: Rc::clone(&self.body),
         }
     }
 
@@ -367,7 +373,7 @@ mod tests {
             panic!("third request must be rejected")
         };
         assert_eq!(reply.status, 429);
-        assert_eq!(reply.body, b"slow down");
+        assert_eq!(&*reply.body, b"slow down");
         let h = |name: &str| {
             reply
                 .headers

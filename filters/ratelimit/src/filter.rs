@@ -288,7 +288,7 @@ impl HttpContext for Stream {
                 let headers: Vec<(&str, &str)> = reply
                     .headers
                     .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .map(|(k, v)| (k.as_ref(), v.as_str()))
                     .collect();
                 send_local_reply(reply.status, &headers, &reply.body);
                 Action::Pause

@@ -16,8 +16,23 @@
 //! Bucket value: fingerprint (u32 LE) of the rule's limit layout, then WAYS slots of
 //! `hash (u64 LE, 0 = never used) + states`. A bucket whose fingerprint differs (the rule's
 //! limits changed) or whose length is wrong is read as empty.
+//!
+//! Repeated rejections skip shared data. A limit only frees up as time passes (the core
+//! property `retry_after_is_exactly_when_the_request_would_pass`), and a rejection writes
+//! nothing. So once this VM saw a key rejected from slot states S at `t0`, the key's states
+//! stay S until some worker admits a request of it; and a worker deciding at `t ≤ now` on S
+//! rejects whenever a decision on S at `now` rejects (another tier's request may still spend
+//! its own reserve, which this decision does not read, but never the pool). Until `t0 + retry_after`, a request
+//! that the remembered S rejects at `now` is therefore rejected by the shared state too, with
+//! the same figures, and is answered from S (a shared-data read, i.e. a host call and a copy
+//! into the VM, saved per limited request). A decision on S that admits falls through to
+//! shared data. Keys counted in the overflow slot are not remembered (a slot may free up for
+//! them), and the memory per rule and VM is bounded ([`REMEMBERED_REJECTIONS`] keys).
 
-use meshguard_core::Decision;
+use std::borrow::Cow;
+use std::cell::RefCell;
+
+use meshguard_core::{Decision, Verdict};
 use meshguard_filter_common::{ensure, update, CasStore, Contention};
 
 use crate::limits::{reject_without_figures, LimitGroup};
@@ -27,6 +42,8 @@ use crate::matching::Key;
 pub(crate) const WAYS: u32 = 8;
 /// Retries after compare-and-swap conflicts before a decision gives up (see the README).
 pub(crate) const MAX_CAS_RETRIES: u32 = 8;
+/// Rejected keys a rule remembers per VM (the most recent ones; see the module docs).
+pub(crate) const REMEMBERED_REJECTIONS: usize = 16;
 const HASH_LEN: usize = 8;
 const FINGERPRINT_LEN: usize = 4;
 
@@ -80,16 +97,31 @@ impl Layout {
     }
 }
 
+/// A rejection this VM saw: the key's slot states as read, and until when they surely reject.
+#[derive(Debug, Clone)]
+struct Rejection {
+    hash: u64,
+    tier: Option<usize>,
+    states: Vec<u8>,
+    /// The rejection's time plus its `retry_after` (ns).
+    until: u64,
+}
+
 /// One rule's slot table.
 #[derive(Debug, Clone)]
 pub(crate) struct Table {
     /// Shared-data key prefix: `meshguard/ratelimit/<domain>/<rule>/`.
     prefix: String,
+    /// The key of bucket 0 and of the overflow slot, built once.
+    first_key: String,
+    overflow_key: String,
     buckets: u32,
     ways: u32,
     layout: Layout,
     fingerprint: u32,
     seed: u64,
+    /// This VM's recent rejections, oldest first.
+    rejections: RefCell<Vec<Rejection>>,
 }
 
 impl Table {
@@ -107,12 +139,15 @@ impl Table {
         };
         let seed = fnv1a(u64::from(fingerprint), prefix.as_bytes());
         Self {
+            first_key: format!("{prefix}0"),
+            overflow_key: format!("{prefix}overflow"),
             prefix,
             buckets,
             ways,
             layout,
             fingerprint,
             seed,
+            rejections: RefCell::new(Vec::new()),
         }
     }
 
@@ -126,12 +161,12 @@ impl Table {
         bucket
     }
 
-    fn bucket_key(&self, index: u32) -> String {
-        format!("{}{index}", self.prefix)
-    }
-
-    fn overflow_key(&self) -> String {
-        format!("{}overflow", self.prefix)
+    fn bucket_key(&self, index: u32) -> Cow<'_, str> {
+        if index == 0 {
+            Cow::Borrowed(&self.first_key)
+        } else {
+            Cow::Owned(format!("{}{index}", self.prefix))
+        }
     }
 
     /// Creates every bucket and the overflow slot that does not exist yet (in `on_configure`,
@@ -143,7 +178,7 @@ impl Table {
             ensure(store, &self.bucket_key(index), &bucket);
         }
         if self.buckets > 1 || self.ways > 1 {
-            ensure(store, &self.overflow_key(), &self.empty_bucket(1));
+            ensure(store, &self.overflow_key, &self.empty_bucket(1));
         }
     }
 
@@ -161,23 +196,32 @@ impl Table {
         now: u64,
     ) -> Result<Outcome, Contention> {
         let hash = self.hash(key);
+        if let Some(outcome) = self.recall_rejection(hash, tier, now) {
+            return Ok(outcome);
+        }
         let index = u32::try_from((hash >> 1) % u64::from(self.buckets)).unwrap_or(0);
         let found = update(store, &self.bucket_key(index), MAX_CAS_RETRIES, |stored| {
             let mut bucket = self.read(stored, self.ways);
-            let slot = self.find_slot(&bucket, hash, now).map(|slot| {
-                let decided = self.decide_in_slot(&mut bucket, slot, hash, tier, now);
-                (decided, slot)
+            let decided = self.find_slot(&bucket, hash, now).map(|slot| {
+                let (decision, source) = self.decide_in_slot(&mut bucket, slot, hash, tier, now);
+                // A rejection left the states as read (see `LimitGroup::decide`).
+                let rejected = (decision.verdict == Verdict::Reject)
+                    .then(|| self.slot_states(&bucket, slot).to_vec());
+                (decision, source, rejected)
             });
-            (slot.map(|(decided, _)| decided), bucket)
+            (decided, bucket)
         })?;
-        if let Some((decision, source)) = found {
+        if let Some((decision, source, rejected)) = found {
+            if let Some(states) = rejected {
+                self.remember_rejection(hash, tier, states, now, &decision);
+            }
             return Ok(Outcome {
                 decision,
                 source,
                 overflow: false,
             });
         }
-        let (decision, source) = update(store, &self.overflow_key(), MAX_CAS_RETRIES, |stored| {
+        let (decision, source) = update(store, &self.overflow_key, MAX_CAS_RETRIES, |stored| {
             let mut bucket = self.read(stored, 1);
             let decided = self.decide_in_slot(&mut bucket, 0, 1, tier, now);
             (decided, bucket)
@@ -189,17 +233,62 @@ impl Table {
         })
     }
 
+    /// The answer to a request of `hash` (tier `tier`) at `now` from a remembered rejection,
+    /// if it still rejects (see the module docs); forgets a rejection that no longer does.
+    fn recall_rejection(&self, hash: u64, tier: Option<usize>, now: u64) -> Option<Outcome> {
+        let mut rejections = self.rejections.borrow_mut();
+        let i = rejections
+            .iter()
+            .position(|r| r.hash == hash && r.tier == tier)?;
+        let remembered = rejections.get_mut(i)?;
+        if now < remembered.until {
+            let (decision, source) = self.layout.decide(&mut remembered.states, tier, now);
+            if decision.verdict == Verdict::Reject {
+                return Some(Outcome {
+                    decision,
+                    source,
+                    overflow: false,
+                });
+            }
+        }
+        // Admitted (the states may have moved on): shared data decides from now on.
+        rejections.remove(i);
+        None
+    }
+
+    fn remember_rejection(
+        &self,
+        hash: u64,
+        tier: Option<usize>,
+        states: Vec<u8>,
+        now: u64,
+        decision: &Decision,
+    ) {
+        // `NEVER` (a cost that can never fit) saturates: such a request is always rejected.
+        let until = now.saturating_add(decision.retry_after_ns);
+        let mut rejections = self.rejections.borrow_mut();
+        rejections.retain(|r| !(r.hash == hash && r.tier == tier));
+        if rejections.len() >= REMEMBERED_REJECTIONS {
+            rejections.remove(0);
+        }
+        rejections.push(Rejection {
+            hash,
+            tier,
+            states,
+            until,
+        });
+    }
+
     /// The stored bucket, or an empty one if it is missing or has another layout.
     fn read(&self, stored: Option<&[u8]>, ways: u32) -> Vec<u8> {
-        let empty = self.empty_bucket(ways);
+        let len = FINGERPRINT_LEN + self.slot_len() * ways as usize;
         match stored {
             Some(bytes)
-                if bytes.len() == empty.len()
-                    && bytes.starts_with(&self.fingerprint.to_le_bytes()) =>
+                if bytes.len() == len && bytes.starts_with(&self.fingerprint.to_le_bytes()) =>
             {
                 bytes.to_vec()
             }
-            _ => empty,
+            _ => self.empty_bucket(ways),
         }
     }
 
@@ -308,7 +397,7 @@ mod tests {
             .unwrap()
     }
 
-    fn verdict(t: &Table, store: &MemoryStore, k: &str, now: u64) -> Verdict {
+    fn verdict(t: &Table, store: &impl CasStore, k: &str, now: u64) -> Verdict {
         t.decide(store, &key(k), None, now)
             .unwrap()
             .decision
@@ -426,6 +515,102 @@ mod tests {
         store.set("t/0", b"something else", 0).unwrap();
         assert_eq!(verdict(&t, &store, "a", 0), Verdict::Allow);
         assert_eq!(verdict(&t, &store, "a", 0), Verdict::Reject);
+    }
+
+    /// A store that counts its reads.
+    #[derive(Default)]
+    struct Counting {
+        store: MemoryStore,
+        reads: std::cell::Cell<u32>,
+    }
+
+    impl CasStore for Counting {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.reads.set(self.reads.get() + 1);
+            self.store.get(key)
+        }
+
+        fn set(
+            &self,
+            key: &str,
+            value: &[u8],
+            cas: u32,
+        ) -> Result<(), meshguard_filter_common::CasError> {
+            self.store.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn repeated_rejections_are_answered_without_reading_shared_data() {
+        let t = table(Some(64), 2, None);
+        let store = Counting::default();
+        t.create(&store);
+        for _ in 0..2 {
+            assert_eq!(verdict(&t, &store, "a", 0), Verdict::Allow);
+        }
+        let first = t.decide(&store, &key("a"), None, 100).unwrap();
+        assert_eq!(first.decision.verdict, Verdict::Reject);
+        let reads = store.reads.get();
+        let again = t.decide(&store, &key("a"), None, SEC / 2).unwrap();
+        assert_eq!(
+            store.reads.get(),
+            reads,
+            "answered from the remembered states"
+        );
+        // The same figures a VM without the memory computes from shared data.
+        let fresh = table(Some(64), 2, None);
+        let shared = fresh.decide(&store, &key("a"), None, SEC / 2).unwrap();
+        assert_eq!(again, shared);
+        assert_eq!(again.decision.retry_after_ns, SEC / 2);
+        // Another key is not answered from a's memory.
+        assert_eq!(verdict(&t, &store, "b", SEC / 2), Verdict::Allow);
+        // Once the window turns, shared data decides again.
+        let reads = store.reads.get();
+        assert_eq!(verdict(&t, &store, "a", SEC), Verdict::Allow);
+        assert!(store.reads.get() > reads);
+    }
+
+    #[test]
+    fn another_workers_admission_is_seen_when_the_limit_frees_up() {
+        let worker1 = table(None, 1, None);
+        let worker2 = table(None, 1, None);
+        let store = MemoryStore::new();
+        worker1.create(&store);
+        assert_eq!(verdict(&worker1, &store, "k", 0), Verdict::Allow);
+        assert_eq!(verdict(&worker1, &store, "k", 1), Verdict::Reject);
+        // The window turns; worker 2 takes the one request of the new window.
+        assert_eq!(verdict(&worker2, &store, "k", SEC), Verdict::Allow);
+        // Worker 1's memory would admit at SEC, so it reads shared data and sees the spend.
+        assert_eq!(verdict(&worker1, &store, "k", SEC + 1), Verdict::Reject);
+        assert_eq!(verdict(&worker2, &store, "k", SEC + 2), Verdict::Reject);
+    }
+
+    #[test]
+    fn overflow_rejections_are_not_remembered() {
+        let t = table(Some(8), 1, None);
+        let store = Counting::default();
+        t.create(&store);
+        for i in 0..9 {
+            t.decide(&store, &key(&format!("k{i}")), None, 0).unwrap();
+        }
+        let out = t.decide(&store, &key("k8"), None, 1).unwrap();
+        assert!(out.overflow && out.decision.verdict == Verdict::Reject);
+        let reads = store.reads.get();
+        t.decide(&store, &key("k8"), None, 2).unwrap();
+        assert!(store.reads.get() > reads, "decided from shared data again");
+    }
+
+    #[test]
+    fn the_memory_is_bounded() {
+        let t = table(Some(1024), 1, None);
+        let store = MemoryStore::new();
+        t.create(&store);
+        for i in 0..(REMEMBERED_REJECTIONS + 5) {
+            let k = format!("k{i}");
+            verdict(&t, &store, &k, 0);
+            assert_eq!(verdict(&t, &store, &k, 0), Verdict::Reject);
+        }
+        assert_eq!(t.rejections.borrow().len(), REMEMBERED_REJECTIONS);
     }
 
     #[test]

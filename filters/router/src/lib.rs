@@ -1,21 +1,21 @@
-//! meshguard's router filter: Consul-synced instances, load balancers, failover/failfast/failback, client cache.
-//! (Skeleton: the filter is being built; until then it refuses every configuration.)
+//! meshguard's router filter: Consul-synced instances, load balancers, failover/failfast/
+//! failsafe/failback, and a client cache that survives Consul outages. README.md documents the
+//! JSON configuration; these types are its schema.
 
-use proxy_wasm::traits::{Context, RootContext};
-use proxy_wasm::types::LogLevel;
+mod config;
+mod failback;
+mod filter;
+mod pool;
+mod registry;
+mod sync;
 
-struct Root;
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        log::error!("meshguard-router: not implemented yet");
-        false
-    }
-}
+pub use crate::config::{
+    Balancer, Config, Consul, Duration, Failback, FallbackResponse, HashOn, HeaderMatch,
+    LocalityConfig, Match, Mode, Outlier, ResponseTime, Service, StringMatch,
+    DEFAULT_OVERRIDE_HOST_HEADER, MAX_QUEUE_SIZE, MAX_RETRIES, MAX_SERVICES,
+};
+pub use crate::registry::{list_key, status_key, LEASE_KEY, TENANTS_KEY};
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root) });
+    filter::start();
 }}

@@ -1,21 +1,17 @@
-//! meshguard's tenant filter: verified tenant identity, cross-tenant denial, tenant-scoped Consul API.
-//! (Skeleton: the filter is being built; until then it refuses every configuration.)
+//! meshguard's tenant filter: the verified tenant (SPIFFE SAN, `jwt_authn` claim, or a header
+//! from trusted networks) replaces any client-supplied one, calls to another tenant's services
+//! are denied, and Consul's HTTP API is scoped to the caller's tenant. README.md documents the
+//! JSON configuration; these types are its schema.
 
-use proxy_wasm::traits::{Context, RootContext};
-use proxy_wasm::types::LogLevel;
+mod config;
+mod filter;
+mod policy;
 
-struct Root;
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        log::error!("meshguard-tenant: not implemented yet");
-        false
-    }
-}
+pub use crate::config::{
+    Config, Consul, CrossTenant, Destination, Identity, NoIdentity, Unknown, DEFAULT_KV_PREFIX,
+    DEFAULT_REASON_HEADER, DEFAULT_TENANT_HEADER, REGISTRY_KEY,
+};
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root) });
+    filter::start();
 }}

@@ -742,3 +742,70 @@ fn fallback_on_failure_can_call_the_service_while_closed() {
     assert_eq!(view.body_str(), "from the fallback");
     assert_eq!(stat(&host, "state"), 0);
 }
+
+/// Host calls per request on the success path of a closed breaker, pinned, with the bench's
+/// breaker (`examples/bench`): each is a round trip through Envoy's V8 (a `malloc` is the host
+/// calling back into the VM to hand data over), so a change that adds one must show up here.
+#[test]
+fn host_calls_per_request_are_pinned_on_the_success_path() {
+    let config = r#"{"breakers":[{"name":"bench","trip":{"consecutive_failures":5},"open":{"duration":"5s"},"fallback":{"fail_fast":{}}}]}"#;
+    // Envoy's default log level: debug logging would add `proxy_log` and clock calls.
+    let mut host = host_sim::Host::builder(&module("meshguard_fallback"))
+        .plugin_config(config)
+        .workers(1)
+        .base_vm()
+        .log_level(host_sim::LogLevel::Info)
+        .build()
+        .unwrap();
+    assert!(host.configure().unwrap());
+    host.set_upstream(|req| {
+        let status = req
+            .header("x-status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(200);
+        Response::new(status)
+            .header("content-type", "text/plain")
+            .body("ok")
+    });
+    // A failure first, so the successes below must reset the consecutive count.
+    assert_eq!(status(&mut host, failing()), 503);
+    let calls = crate::support::host_calls_during(&mut host, |h| {
+        for _ in 0..20 {
+            assert_eq!(status(h, ok()), 200);
+        }
+    });
+    // Request: one read of the breaker (closed: no clock read), one counter. Response: all
+    // headers in one call, one read of the breaker (a success needs no clock with this trip
+    // condition); the first success also writes the reset failure count.
+    let per_request = [
+        ("proxy_get_shared_data", 2),
+        ("malloc", 3),
+        ("proxy_increment_metric", 1),
+        ("proxy_get_header_map_pairs", 1),
+    ];
+    let mut expected: std::collections::BTreeMap<String, u64> = per_request
+        .iter()
+        .map(|(k, v)| (k.to_string(), v * 20))
+        .collect();
+    expected.insert("proxy_set_shared_data".into(), 1);
+    assert_eq!(calls, expected);
+    let stat = |name: &str| {
+        host.metric(&format!("meshguard_fallback.bench.{name}"))
+            .map_or(0, |m| m.value)
+    };
+    assert_eq!((stat("calls"), stat("failures")), (21, 1));
+    // The count was reset: four more failures do not open the breaker, the fifth does.
+    for _ in 0..4 {
+        assert_eq!(status(&mut host, failing()), 503);
+    }
+    assert_eq!(status(&mut host, ok()), 200);
+    for _ in 0..5 {
+        assert_eq!(status(&mut host, failing()), 503);
+    }
+    let s = host.send(1, ok()).unwrap();
+    let view = host.stream(s).unwrap();
+    assert_eq!(
+        view.response_header("x-meshguard-fallback"),
+        Some("fail_fast")
+    );
+}

@@ -100,3 +100,23 @@ fn a_module_built_for_wasm32_unknown_unknown_loads_and_runs() {
         Some("tagged")
     );
 }
+
+#[test]
+fn host_calls_are_counted_by_import_name() {
+    let mut host = Host::builder(&minimal()).build().unwrap();
+    assert!(host.configure().unwrap());
+    let before = host.import_calls();
+    host.send(0, Request::get("/").header("x-tag", "1"))
+        .unwrap();
+    host.send(0, Request::get("/")).unwrap();
+    let after = host.import_calls();
+    let delta =
+        |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
+    // The fixture reads one request header and sets one response header per request; only the
+    // header that exists is handed over through the guest's allocator.
+    assert_eq!(delta("proxy_get_header_map_value"), 2);
+    assert_eq!(delta("proxy_replace_header_map_value"), 2);
+    assert_eq!(delta("malloc"), 1);
+    let total: u64 = after.values().sum::<u64>() - before.values().sum::<u64>();
+    assert_eq!(total, 5, "{after:?}");
+}

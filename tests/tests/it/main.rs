@@ -10,4 +10,6 @@ mod harness;
 mod hostsim;
 mod ratelimit;
 mod ratelimit_envoy;
+mod router;
 mod support;
+mod tenant;

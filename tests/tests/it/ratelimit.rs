@@ -438,3 +438,97 @@ fn envoy_loads_the_filter_and_rejects_the_third_request() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// The bench's rule (`examples/bench`): one token bucket, no match, no key.
+fn bench_host(requests: u32) -> Host {
+    let config = format!(
+        r#"{{"rules":[{{"name":"bench","limits":[{{"algorithm":"token_bucket","requests":{requests},"per":"1s"}}]}}]}}"#
+    );
+    // Envoy's default log level: debug logging would add `proxy_log` calls.
+    let mut host = Host::builder(&module("meshguard_ratelimit"))
+        .plugin_config(config)
+        .workers(1)
+        .base_vm()
+        .log_level(LogLevel::Info)
+        .build()
+        .unwrap();
+    assert!(host.configure().unwrap());
+    host
+}
+
+/// Host calls per request on the hot paths, pinned: each one is a round trip through Envoy's
+/// V8 (a `malloc` is the host calling back into the VM to hand data over), so a change that
+/// adds one must show up here and be justified (see the README's "Cost per request").
+#[test]
+fn host_calls_per_request_are_pinned_for_admitted_and_rejected_requests() {
+    let per_request = |calls: &[(&str, u64)], n: u64| -> std::collections::BTreeMap<String, u64> {
+        calls.iter().map(|(k, v)| (k.to_string(), v * n)).collect()
+    };
+    // Admitted: the clock, one read and one write of the bucket, one counter.
+    let mut host = bench_host(1_000);
+    host.send(1, get()).unwrap();
+    let calls = crate::support::host_calls_during(&mut host, |h| {
+        assert_eq!(statuses(h, 20, get), [200; 20]);
+    });
+    let admitted = [
+        ("proxy_get_current_time_nanoseconds", 1),
+        ("proxy_get_shared_data", 1),
+        ("malloc", 1),
+        ("proxy_set_shared_data", 1),
+        ("proxy_increment_metric", 1),
+    ];
+    assert_eq!(calls, per_request(&admitted, 20));
+
+    // Rejected: after the first rejection read the bucket, the VM answers repeats from the
+    // states it read (a rejection frees nothing up): the clock, one counter, the reply.
+    let mut host = bench_host(3);
+    assert_eq!(statuses(&mut host, 4, get), [200, 200, 200, 429]);
+    let calls = crate::support::host_calls_during(&mut host, |h| {
+        for _ in 0..20 {
+            let s = send(h, get());
+            let view = h.stream(s).unwrap();
+            assert_eq!(view.status(), Some(429));
+            assert_eq!(view.response_header("ratelimit-remaining"), Some("0"));
+            assert_eq!(view.response_header("retry-after"), Some("1"));
+        }
+    });
+    let rejected = [
+        ("proxy_get_current_time_nanoseconds", 1),
+        ("proxy_increment_metric", 1),
+        ("proxy_send_local_response", 1),
+    ];
+    assert_eq!(calls, per_request(&rejected, 20));
+    assert_eq!(counter(&host, "bench", "limited"), 21);
+    assert_eq!(counter(&host, "bench", "allowed"), 3);
+    // A third of a second later one token is back: shared data decides again and admits.
+    host.advance(Duration::from_millis(334)).unwrap();
+    assert_eq!(statuses(&mut host, 2, get), [200, 429]);
+}
+
+/// What the remembered rejection must not change: another worker's spend is seen as soon as
+/// the limit frees up, and the figures match what shared data says.
+#[test]
+fn a_worker_answering_rejections_from_memory_still_sees_other_workers() {
+    let mut host = host_with(&rule(&limit("token_bucket", 2, "1s"), ""), 2);
+    let status_on = |host: &mut Host, worker: usize| {
+        let s = host.send(worker, get()).unwrap();
+        host.stream(s).unwrap().status().unwrap_or(0)
+    };
+    assert_eq!(status_on(&mut host, 1), 200);
+    assert_eq!(status_on(&mut host, 1), 200);
+    assert_eq!(status_on(&mut host, 1), 429);
+    assert_eq!(status_on(&mut host, 2), 429);
+    // Half a second refills one token; worker 2 takes it first.
+    host.advance(500 * MS).unwrap();
+    assert_eq!(status_on(&mut host, 2), 200);
+    assert_eq!(
+        status_on(&mut host, 1),
+        429,
+        "worker 1 sees worker 2's spend"
+    );
+    assert_eq!(status_on(&mut host, 2), 429);
+    host.advance(500 * MS).unwrap();
+    assert_eq!(status_on(&mut host, 1), 200);
+    assert_eq!(counter(&host, "r", "allowed"), 4);
+    assert_eq!(counter(&host, "r", "limited"), 4);
+}

@@ -49,3 +49,21 @@ pub fn filter_host_with_clusters(
     assert!(host.configure().unwrap(), "rejected: {:?}", host.logs());
     host
 }
+
+/// The host calls (by import name, `malloc` included; see `Host::import_calls`) that `run`
+/// made, e.g. a batch of requests.
+pub fn host_calls_during(
+    host: &mut Host,
+    run: impl FnOnce(&mut Host),
+) -> std::collections::BTreeMap<String, u64> {
+    let before = host.import_calls();
+    run(host);
+    host.import_calls()
+        .into_iter()
+        .map(|(name, n)| {
+            let delta = n - before.get(&name).copied().unwrap_or(0);
+            (name, delta)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}

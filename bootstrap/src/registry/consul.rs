@@ -1,0 +1,546 @@
+//! Consul registry sync: one blocking watch on `/v1/catalog/services` and one per service on
+//! `/v1/health/service/:service`, following Consul's blocking-query rules (index reset when it
+//! goes backwards, never 0, a minimum interval between queries, wait + wait/16 timeouts), with
+//! capped exponential backoff with jitter on errors, `stale` reads, an ACL token and a
+//! datacenter. Non-blocking fetches (first sync, after a reset or an error) run at most
+//! `max_concurrency` at a time.
+//!
+//! Availability rules: an error never changes the registry (the last good instances stay); a
+//! service whose health answer has no usable instance keeps its last good list; only a service
+//! leaving the catalog is removed. The first complete sync is published once every service has
+//! answered; every later change is published after a short coalescing delay and saved to the
+//! last-known-good file, which is served at start until Consul answers.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meshguard_core::{
+    blocking_timeout_ns, blocks, next_index, parse_catalog_services, parse_health_service,
+    parse_index, percent_encode, Backoff, CheckStatus, ConsulError, HealthPolicy, SplitMix64,
+};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::http::{self, HttpResponse};
+use super::{disk, Endpoint, Health, Registry, RegistryEvent};
+
+/// Consul connection and sync settings.
+#[derive(Debug, Clone)]
+pub struct ConsulOptions {
+    /// `host:port` of the Consul agent's HTTP API.
+    pub authority: String,
+    /// ACL token (`X-Consul-Token`).
+    pub token: Option<String>,
+    /// Datacenter (`dc`); the agent's own when `None`.
+    pub datacenter: Option<String>,
+    /// Allow any server to answer (`stale`), spreading load off the leader.
+    pub stale: bool,
+    /// Only instances whose checks all pass (`passing`).
+    pub passing_only: bool,
+    /// Blocking query wait.
+    pub wait: Duration,
+    /// Timeout of a non-blocking request.
+    pub request_timeout: Duration,
+    /// Non-blocking requests in flight at most.
+    pub max_concurrency: usize,
+    /// Minimum time between two queries of one watch (a watch whose index changes on every
+    /// write cannot spin).
+    pub min_interval: Duration,
+    /// Backoff after the first failure.
+    pub backoff_base: Duration,
+    /// Backoff cap.
+    pub backoff_max: Duration,
+    /// Delay that coalesces changes of many services into one publication.
+    pub coalesce: Duration,
+    /// Last-known-good file, if any.
+    pub snapshot_path: Option<PathBuf>,
+}
+
+impl ConsulOptions {
+    /// Defaults for the agent at `authority`.
+    pub fn new(authority: impl Into<String>) -> Self {
+        Self {
+            authority: authority.into(),
+            token: None,
+            datacenter: None,
+            stale: true,
+            passing_only: false,
+            wait: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+            max_concurrency: 32,
+            min_interval: Duration::from_millis(100),
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            coalesce: Duration::from_millis(20),
+            snapshot_path: None,
+        }
+    }
+
+    /// Age after which the registry counts as stale: one blocking round plus margin.
+    pub fn stale_after(&self) -> Duration {
+        self.wait + self.wait / 16 + self.request_timeout
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What a watch reports to the aggregator.
+#[derive(Debug)]
+enum WatchEvent {
+    Catalog(BTreeSet<String>),
+    CatalogFailed(String),
+    Instances(String, Vec<Endpoint>),
+    /// The service answered but has no usable instance: keep the last good list.
+    NoUsable(String, String),
+    ServiceFailed(String, String),
+}
+
+/// Shared by the watches.
+#[derive(Debug)]
+struct Client {
+    options: ConsulOptions,
+    permits: Semaphore,
+    backoff: Backoff,
+}
+
+impl Client {
+    fn query(&self, index: u64) -> String {
+        let mut q = Vec::new();
+        if blocks(index) {
+            q.push(format!("index={index}"));
+            q.push(format!("wait={}ms", self.options.wait.as_millis()));
+        }
+        if self.options.stale {
+            q.push("stale=".to_string());
+        }
+        if let Some(dc) = &self.options.datacenter {
+            q.push(format!("dc={}", percent_encode(dc)));
+        }
+        q.join("&")
+    }
+
+    /// One query: non-blocking ones wait for a permit.
+    async fn get(&self, path: &str, extra: &str, index: u64) -> Result<HttpResponse, String> {
+        let mut query = self.query(index);
+        if !extra.is_empty() {
+            if !query.is_empty() {
+                query.push('&');
+            }
+            query.push_str(extra);
+        }
+        let target = if query.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{query}")
+        };
+        let token = self.options.token.clone().unwrap_or_default();
+        let headers: Vec<(&str, &str)> = if token.is_empty() {
+            Vec::new()
+        } else {
+            vec![("X-Consul-Token", token.as_str())]
+        };
+        let (timeout, _permit) = if blocks(index) {
+            let ns = blocking_timeout_ns(
+                nanos(self.options.wait),
+                nanos(self.options.request_timeout),
+            );
+            (Duration::from_nanos(ns), None)
+        } else {
+            let permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
+            (self.options.request_timeout, Some(permit))
+        };
+        let response = http::get(&self.options.authority, &target, &headers, timeout)
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        if response.status != 200 {
+            let body = String::from_utf8_lossy(&response.body);
+            return Err(format!(
+                "GET {path}: HTTP {}: {}",
+                response.status,
+                body.chars().take(200).collect::<String>()
+            ));
+        }
+        Ok(response)
+    }
+}
+
+/// A blocking watch loop: index rules, minimum interval and backoff, shared by both watches.
+async fn watch_loop<F>(client: Arc<Client>, seed: u64, mut step: F)
+where
+    F: AsyncStep,
+{
+    let mut index = 0u64;
+    let mut failures = 0u32;
+    let mut rng = SplitMix64::new(seed);
+    loop {
+        let started = Instant::now();
+        let result = step.run(&client, index).await;
+        match result {
+            Ok(returned) => {
+                failures = 0;
+                index = next_index(index, returned);
+            }
+            Err(()) => {
+                failures = failures.saturating_add(1);
+                // After an error, re-read without blocking: the index may be meaningless now.
+                index = 0;
+                let delay = client.backoff.delay_ns(failures, &mut rng);
+                tokio::time::sleep(Duration::from_nanos(delay)).await;
+            }
+        }
+        let min = client.options.min_interval;
+        let elapsed = started.elapsed();
+        if elapsed < min {
+            tokio::time::sleep(min - elapsed).await;
+        }
+    }
+}
+
+/// One query of a watch: `Ok(X-Consul-Index)` or `Err(())` after reporting the failure.
+trait AsyncStep: Send {
+    fn run(
+        &mut self,
+        client: &Client,
+        index: u64,
+    ) -> impl std::future::Future<Output = Result<u64, ()>> + Send;
+}
+
+struct CatalogStep {
+    events: mpsc::Sender<WatchEvent>,
+}
+
+impl AsyncStep for CatalogStep {
+    async fn run(&mut self, client: &Client, index: u64) -> Result<u64, ()> {
+        let outcome = async {
+            let response = client.get("/v1/catalog/services", "", index).await?;
+            let returned =
+                parse_index(response.header("x-consul-index")).map_err(|e| e.to_string())?;
+            let services = parse_catalog_services(&response.body).map_err(|e| e.to_string())?;
+            Ok::<_, String>((returned, services.into_keys().collect::<BTreeSet<_>>()))
+        }
+        .await;
+        match outcome {
+            Ok((returned, services)) => {
+                let _ = self.events.send(WatchEvent::Catalog(services)).await;
+                Ok(returned)
+            }
+            Err(err) => {
+                let _ = self.events.send(WatchEvent::CatalogFailed(err)).await;
+                Err(())
+            }
+        }
+    }
+}
+
+struct ServiceStep {
+    service: String,
+    events: mpsc::Sender<WatchEvent>,
+}
+
+impl AsyncStep for ServiceStep {
+    async fn run(&mut self, client: &Client, index: u64) -> Result<u64, ()> {
+        let path = format!("/v1/health/service/{}", percent_encode(&self.service));
+        let extra = if client.options.passing_only {
+            "passing="
+        } else {
+            ""
+        };
+        let response = match client.get(&path, extra, index).await {
+            Ok(r) => r,
+            Err(err) => {
+                let _ = self
+                    .events
+                    .send(WatchEvent::ServiceFailed(self.service.clone(), err))
+                    .await;
+                return Err(());
+            }
+        };
+        let returned = match parse_index(response.header("x-consul-index")) {
+            Ok(i) => i,
+            Err(err) => {
+                let _ = self
+                    .events
+                    .send(WatchEvent::ServiceFailed(
+                        self.service.clone(),
+                        err.to_string(),
+                    ))
+                    .await;
+                return Err(());
+            }
+        };
+        let policy = HealthPolicy {
+            passing_only: client.options.passing_only,
+        };
+        let event = match parse_health_service(&response.body, policy) {
+            Ok(list) => WatchEvent::Instances(
+                self.service.clone(),
+                list.instances.iter().filter_map(to_endpoint).collect(),
+            ),
+            Err(err @ (ConsulError::NoInstances | ConsulError::NoUsableInstances { .. })) => {
+                WatchEvent::NoUsable(self.service.clone(), err.to_string())
+            }
+            Err(err) => {
+                let _ = self
+                    .events
+                    .send(WatchEvent::ServiceFailed(
+                        self.service.clone(),
+                        err.to_string(),
+                    ))
+                    .await;
+                return Err(());
+            }
+        };
+        let _ = self.events.send(event).await;
+        Ok(returned)
+    }
+}
+
+/// What the KV watch reports: the value's text, or why there is none.
+pub type KvEvent = Result<String, String>;
+
+struct KvStep {
+    key: String,
+    out: mpsc::Sender<KvEvent>,
+}
+
+impl AsyncStep for KvStep {
+    async fn run(&mut self, client: &Client, index: u64) -> Result<u64, ()> {
+        let path = format!(
+            "/v1/kv/{}",
+            self.key
+                .split('/')
+                .map(percent_encode)
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        let outcome = async {
+            let response = client.get(&path, "raw=", index).await?;
+            let returned =
+                parse_index(response.header("x-consul-index")).map_err(|e| e.to_string())?;
+            let text = String::from_utf8(response.body)
+                .map_err(|_| format!("{path}: the value is not UTF-8"))?;
+            Ok::<_, String>((returned, text))
+        }
+        .await;
+        match outcome {
+            Ok((returned, text)) => {
+                let _ = self.out.send(Ok(text)).await;
+                Ok(returned)
+            }
+            Err(err) => {
+                let _ = self.out.send(Err(err)).await;
+                Err(())
+            }
+        }
+    }
+}
+
+/// Watches Consul KV `key` (blocking queries, same index and backoff rules as the registry)
+/// until `stop` turns true, sending every value read (also unchanged ones after a timeout).
+pub async fn watch_kv(
+    options: ConsulOptions,
+    key: String,
+    out: mpsc::Sender<KvEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let backoff = match Backoff::try_new(nanos(options.backoff_base), nanos(options.backoff_max)) {
+        Ok(b) => b,
+        Err(err) => {
+            let _ = out.send(Err(format!("consul backoff: {err}"))).await;
+            return;
+        }
+    };
+    let client = Arc::new(Client {
+        permits: Semaphore::new(options.max_concurrency.max(1)),
+        backoff,
+        options,
+    });
+    let seed = seed_for(&key);
+    tokio::select! {
+        _ = async { stop.wait_for(|s| *s).await.is_ok() } => {}
+        () = watch_loop(client, seed, KvStep { key, out }) => {}
+    }
+}
+
+/// A usable Consul instance as an endpoint; `None` for a host name (EDS needs an IP).
+fn to_endpoint(i: &meshguard_core::ConsulInstance) -> Option<Endpoint> {
+    let host = i.instance.host();
+    if host.parse::<std::net::IpAddr>().is_err() {
+        tracing::warn!(service = %i.service, id = %i.service_id, host = %host, "skipping an instance whose address is not an IP");
+        return None;
+    }
+    let weight = i.instance.weight().get();
+    Some(Endpoint {
+        address: host.to_string(),
+        port: i.instance.port().get(),
+        health: match i.status {
+            CheckStatus::Passing => Health::Passing,
+            CheckStatus::Warning => Health::Warning,
+            CheckStatus::Critical => Health::Critical,
+        },
+        // Core already picked the weight for the instance's status.
+        weight,
+        warning_weight: weight,
+        zone: i.instance.zone().map(str::to_string),
+    })
+}
+
+fn seed_for(name: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^ std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()))
+}
+
+/// Runs the sync until `stop` turns true, reporting to `out`.
+pub async fn run(
+    options: ConsulOptions,
+    out: mpsc::Sender<RegistryEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    if let Some(path) = &options.snapshot_path {
+        match disk::load(path) {
+            Ok(registry) => {
+                tracing::info!(path = %path.display(), services = registry.services.len(), "serving the last-known-good registry until Consul answers");
+                let _ = out
+                    .send(RegistryEvent::Update {
+                        registry,
+                        origin: "disk",
+                    })
+                    .await;
+            }
+            Err(err) if path.exists() => {
+                tracing::warn!(error = %format!("{err:#}"), "ignoring the last-known-good registry");
+            }
+            Err(_) => {}
+        }
+    }
+    let backoff = match Backoff::try_new(nanos(options.backoff_base), nanos(options.backoff_max)) {
+        Ok(b) => b,
+        Err(err) => {
+            let _ = out
+                .send(RegistryEvent::Error(format!("consul backoff: {err}")))
+                .await;
+            return;
+        }
+    };
+    let client = Arc::new(Client {
+        permits: Semaphore::new(options.max_concurrency.max(1)),
+        backoff,
+        options,
+    });
+    let (events_tx, mut events) = mpsc::channel::<WatchEvent>(1024);
+    let catalog = tokio::spawn(watch_loop(
+        Arc::clone(&client),
+        seed_for("/v1/catalog/services"),
+        CatalogStep {
+            events: events_tx.clone(),
+        },
+    ));
+    let mut watches: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut services: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
+    let mut pending: Option<BTreeSet<String>> = None; // services yet to answer the first time
+    let mut synced = false;
+    let mut dirty = false;
+    let mut publish_at: Option<tokio::time::Instant> = None;
+    loop {
+        let deadline = publish_at;
+        tokio::select! {
+            _ = async { stop.wait_for(|s| *s).await.is_ok() } => break,
+            () = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                publish_at = None;
+                dirty = false;
+                let registry = Registry { services: services.clone() };
+                if let Some(path) = client.options.snapshot_path.clone() {
+                    let copy = registry.clone();
+                    let saved = tokio::task::spawn_blocking(move || disk::save(&path, &copy)).await;
+                    if let Ok(Err(err)) = saved {
+                        tracing::warn!(error = %format!("{err:#}"), "could not save the last-known-good registry");
+                    }
+                }
+                let _ = out.send(RegistryEvent::Update { registry, origin: "consul" }).await;
+            }
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                match event {
+                    WatchEvent::Catalog(names) => {
+                        let _ = out.send(RegistryEvent::Alive).await;
+                        watches.retain(|name, handle| {
+                            let keep = names.contains(name);
+                            if !keep {
+                                handle.abort();
+                            }
+                            keep
+                        });
+                        let before = services.len();
+                        services.retain(|name, _| names.contains(name));
+                        dirty |= services.len() != before;
+                        for name in &names {
+                            if !watches.contains_key(name) {
+                                let handle = tokio::spawn(watch_loop(
+                                    Arc::clone(&client),
+                                    seed_for(name),
+                                    ServiceStep { service: name.clone(), events: events_tx.clone() },
+                                ));
+                                watches.insert(name.clone(), handle);
+                            }
+                        }
+                        if !synced {
+                            let mut waiting = pending.take().unwrap_or_else(|| names.clone());
+                            waiting.retain(|n| names.contains(n) && !services.contains_key(n));
+                            pending = Some(waiting);
+                        }
+                    }
+                    WatchEvent::CatalogFailed(err) => {
+                        tracing::warn!(error = %err, "consul catalog watch failed; keeping the last good registry");
+                        let _ = out.send(RegistryEvent::Error(err)).await;
+                    }
+                    WatchEvent::Instances(name, endpoints) => {
+                        if watches.contains_key(&name) && services.get(&name) != Some(&endpoints) {
+                            services.insert(name.clone(), endpoints);
+                            dirty = true;
+                        }
+                        if let Some(waiting) = pending.as_mut() {
+                            waiting.remove(&name);
+                        }
+                    }
+                    WatchEvent::NoUsable(name, reason) => {
+                        tracing::warn!(service = %name, reason = %reason, "no usable instance; keeping the last good list");
+                        if let Some(waiting) = pending.as_mut() {
+                            waiting.remove(&name);
+                        }
+                    }
+                    WatchEvent::ServiceFailed(name, err) => {
+                        tracing::warn!(service = %name, error = %err, "consul health watch failed; keeping the last good list");
+                        let _ = out.send(RegistryEvent::Error(format!("{name}: {err}"))).await;
+                    }
+                }
+                if !synced && pending.as_ref().is_some_and(BTreeSet::is_empty) {
+                    synced = true;
+                    pending = None;
+                    dirty = true;
+                    tracing::info!(services = services.len(), "consul initial sync complete");
+                }
+                if synced && dirty && publish_at.is_none() {
+                    publish_at = Some(tokio::time::Instant::now() + client.options.coalesce);
+                }
+            }
+        }
+    }
+    catalog.abort();
+    for handle in watches.values() {
+        handle.abort();
+    }
+}

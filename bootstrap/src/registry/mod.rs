@@ -1,0 +1,81 @@
+//! The registry model (services and their instances) and the sources that fill it.
+
+pub mod consul;
+pub mod disk;
+pub mod file;
+pub mod http;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// An instance's aggregated health, as Consul reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Every check passes: full traffic at the passing weight.
+    #[default]
+    Passing,
+    /// A check warns: traffic at the warning weight.
+    Warning,
+    /// A check fails: no traffic.
+    Critical,
+}
+
+/// One instance of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// IP address Envoy connects to.
+    pub address: String,
+    /// TCP port.
+    pub port: u16,
+    /// Aggregated health.
+    #[serde(default)]
+    pub health: Health,
+    /// Weight while passing (Consul `Weights.Passing`), at least 1.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Weight while warning (Consul `Weights.Warning`); 0 means "no traffic while warning".
+    #[serde(default = "one")]
+    pub warning_weight: u32,
+    /// Zone (Spring Cloud Consul `Meta.zone`), mapped to the Envoy locality zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Every service and its instances, by service name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    /// Instances by service name.
+    #[serde(default)]
+    pub services: BTreeMap<String, Vec<Endpoint>>,
+}
+
+impl Registry {
+    /// Total number of instances.
+    pub fn instance_count(&self) -> usize {
+        self.services.values().map(Vec::len).sum()
+    }
+}
+
+/// What a registry source reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryEvent {
+    /// A complete registry.
+    Update {
+        /// The registry.
+        registry: Registry,
+        /// Where it came from: `file`, `consul` or `disk` (the last-known-good file).
+        origin: &'static str,
+    },
+    /// The source answered; nothing changed.
+    Alive,
+    /// The source failed; the last good registry stays.
+    Error(String),
+}

@@ -1,0 +1,5 @@
+//! xDS: the snapshot cache, the per-stream protocol state and the ADS transport.
+
+pub mod ads;
+pub mod cache;
+pub mod stream;

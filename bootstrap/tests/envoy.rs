@@ -1,0 +1,326 @@
+//! `meshguard run` with a real Envoy 1.40 connected over ADS: clusters and endpoints arrive,
+//! traffic flows through a meshguard wasm filter configured from the rules file, a registry
+//! change reaches Envoy, a config Envoy rejects is NACKed once and not resent, and Envoy keeps
+//! serving when the control plane dies.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use meshguard_tests::TestUpstream;
+use support::{get, registry_yaml, start_envoy, wait_response, ControlPlane, TempDir, WAIT};
+
+/// Rules: `orders` limited to 3 requests a minute by the ratelimit filter and behind a breaker
+/// of the fallback filter; `inventory` plain.
+const RULES: &str = r#"
+services:
+  orders:
+    timeout: 5s
+    ratelimit:
+      rules:
+      - name: all
+        limits: [{algorithm: fixed_window, requests: 3, per: 1m}]
+    fallback:
+      breakers:
+      - name: orders
+        match: {path: {prefix: /orders}}
+        trip: {consecutive_failures: 2}
+        fallback: {static: {status: 200, body: "[]"}}
+  inventory:
+    retries: {attempts: 1, on: [connect-failure]}
+"#;
+
+fn node_status<'a>(status: &'a serde_json::Value, node: &str) -> &'a serde_json::Value {
+    &status["nodes"][node]
+}
+
+fn acked_everything(status: &serde_json::Value, node: &str) -> bool {
+    ["cds", "eds", "lds", "rds"].iter().all(|t| {
+        let current = &status["snapshot"]["versions"][t]["version"];
+        current.is_string() && node_status(status, node)["acked"][t] == *current
+    })
+}
+
+#[test]
+fn traffic_flows_through_the_rules_filter_and_registry_changes_reach_envoy() -> Result<()> {
+    let a = TestUpstream::start_named("a")?;
+    let b = TestUpstream::start_named("b")?;
+    let dir = TempDir::new("flow")?;
+    dir.write(
+        "services.yaml",
+        &registry_yaml(&[("orders", a.port()), ("inventory", a.port())]),
+    )?;
+    dir.write("rules.yaml", RULES)?;
+    let cp = ControlPlane::start(&dir)?;
+    let envoy = start_envoy(&cp, "flow")?;
+    let status = cp.wait_status("Envoy ACKing every type", |s| acked_everything(s, "flow"))?;
+    ensure!(status["registry"]["services"] == 2, "{status:#}");
+    ensure!(status["nacks"] == 0, "{status:#}");
+
+    // Clusters and endpoints from the registry are in Envoy.
+    let clusters = envoy.admin_get("/clusters")?;
+    let a_host = format!("orders::127.0.0.1:{}::health_flags::healthy", a.port());
+    ensure!(clusters.contains(&a_host), "no {a_host} in {clusters}");
+
+    // Both filters' JSON, converted from the rules, was accepted (no NACK above). The
+    // ratelimit filter: 3 requests pass, the 4th gets 429 locally.
+    for i in 0..3 {
+        let r = get(&envoy, "orders", "/")?;
+        ensure!(r.status == 200, "request {i}: {}", r.status);
+        ensure!(r.header("x-upstream") == Some("a"));
+    }
+    let limited = get(&envoy, "orders", "/")?;
+    ensure!(limited.status == 429, "4th request: {}", limited.status);
+    ensure!(
+        limited.header("x-upstream").is_none(),
+        "a 429 must not reach the upstream"
+    );
+    // The filter is enabled on orders only: inventory is never limited.
+    for _ in 0..5 {
+        ensure!(get(&envoy, "inventory", "/")?.status == 200);
+    }
+
+    // A registry change (inventory moves from a to b) reaches Envoy without a restart.
+    dir.write(
+        "services.yaml",
+        &registry_yaml(&[("orders", a.port()), ("inventory", b.port())]),
+    )?;
+    let started = Instant::now();
+    wait_response(&envoy, "inventory", "an answer from b", |r| {
+        r.header("x-upstream") == Some("b")
+    })?;
+    eprintln!(
+        "registry change applied by Envoy in {:?}",
+        started.elapsed()
+    );
+    cp.wait_status("Envoy ACKing the new endpoints", |s| {
+        acked_everything(s, "flow")
+    })?;
+    Ok(())
+}
+
+#[test]
+fn critical_instances_get_no_traffic() -> Result<()> {
+    let a = TestUpstream::start_named("a")?;
+    let b = TestUpstream::start_named("b")?;
+    let dir = TempDir::new("health")?;
+    dir.write(
+        "services.yaml",
+        &format!(
+            "services:\n  orders:\n  - {{address: 127.0.0.1, port: {}}}\n  - {{address: 127.0.0.1, port: {}, health: critical}}\n",
+            a.port(),
+            b.port()
+        ),
+    )?;
+    dir.write("rules.yaml", "services: {}\n")?;
+    let cp = ControlPlane::start(&dir)?;
+    let envoy = start_envoy(&cp, "health")?;
+    cp.wait_status("ACKs", |s| acked_everything(s, "health"))?;
+    for _ in 0..10 {
+        let r = get(&envoy, "orders", "/")?;
+        ensure!(
+            r.status == 200 && r.header("x-upstream") == Some("a"),
+            "{r:?}"
+        );
+    }
+    ensure!(b.request_count() == 0, "the critical instance got traffic");
+    Ok(())
+}
+
+#[test]
+fn a_config_envoy_rejects_is_nacked_once_and_the_last_good_one_keeps_serving() -> Result<()> {
+    let a = TestUpstream::start_named("a")?;
+    let dir = TempDir::new("nack")?;
+    dir.write("services.yaml", &registry_yaml(&[("orders", a.port())]))?;
+    dir.write("rules.yaml", "services:\n  orders: {timeout: 5s}\n")?;
+    let cp = ControlPlane::start(&dir)?;
+    let envoy = start_envoy(&cp, "nack")?;
+    cp.wait_status("ACKs", |s| acked_everything(s, "nack"))?;
+    ensure!(get(&envoy, "orders", "/")?.status == 200);
+
+    // Valid rules for meshguard, but the filter refuses `requests: 0` in on_configure, so
+    // Envoy rejects the listener update.
+    dir.write(
+        "rules.yaml",
+        "services:\n  orders:\n    ratelimit: {rules: [{name: r, limits: [{algorithm: fixed_window, requests: 0, per: 1m}]}]}\n",
+    )?;
+    let status = cp.wait_status("an LDS NACK", |s| s["nacks"].as_u64() >= Some(1))?;
+    let nack = &node_status(&status, "nack")["nacks"][0];
+    ensure!(nack["kind"] == "lds", "{status:#}");
+    ensure!(
+        nack["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{status:#}"
+    );
+    // No resend loop: within a second Envoy sees the rejected version once.
+    std::thread::sleep(Duration::from_secs(1));
+    let rejected = envoy
+        .stat("listener_manager.lds.update_rejected")
+        .context("no lds update_rejected stat")?;
+    ensure!(rejected == 1, "Envoy rejected {rejected} LDS updates");
+    ensure!(cp.status()?["nacks"] == 1, "{:#}", cp.status()?);
+    let metrics = meshguard_tests::send(cp.admin, &meshguard_tests::Request::get("/metrics"))?;
+    ensure!(
+        metrics
+            .body_str()
+            .contains("meshguard_xds_nacks_total{node=\"nack\"} 1\n"),
+        "{}",
+        metrics.body_str()
+    );
+    // The last good listener keeps serving, without the filter.
+    for _ in 0..5 {
+        ensure!(get(&envoy, "orders", "/")?.status == 200);
+    }
+
+    // Fixed rules are sent, accepted, and clear the NACK.
+    dir.write(
+        "rules.yaml",
+        "services:\n  orders:\n    ratelimit: {rules: [{name: r, limits: [{algorithm: fixed_window, requests: 1, per: 1m}]}]}\n",
+    )?;
+    cp.wait_status("the fixed rules ACKed", |s| acked_everything(s, "nack"))?;
+    wait_response(&envoy, "orders", "a 429 from the fixed filter", |r| {
+        r.status == 429
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_bad_rules_update_is_rejected_and_the_last_good_rules_stay_live() -> Result<()> {
+    let a = TestUpstream::start_named("a")?;
+    let dir = TempDir::new("badrules")?;
+    dir.write("services.yaml", &registry_yaml(&[("orders", a.port())]))?;
+    dir.write(
+        "rules.yaml",
+        "services:\n  orders:\n    ratelimit: {rules: [{name: r, limits: [{algorithm: fixed_window, requests: 1, per: 1m}]}]}\n",
+    )?;
+    let cp = ControlPlane::start(&dir)?;
+    let envoy = start_envoy(&cp, "badrules")?;
+    let before = cp.wait_status("ACKs", |s| acked_everything(s, "badrules"))?;
+    dir.write(
+        "rules.yaml",
+        "services:\n  orders:\n    retries: {attempts: 0}\n",
+    )?;
+    let status = cp.wait_status("the rules error", |s| s["rules"]["last_error"].is_string())?;
+    let error = status["rules"]["last_error"].as_str().unwrap_or_default();
+    ensure!(
+        error.contains("rules.yaml:3:")
+            && error.contains("services.orders.retries.attempts: must be 1-10"),
+        "{error}"
+    );
+    ensure!(
+        status["snapshot"]["versions"] == before["snapshot"]["versions"],
+        "a rejected update changed the snapshot"
+    );
+    ensure!(get(&envoy, "orders", "/")?.status == 200);
+    ensure!(
+        get(&envoy, "orders", "/")?.status == 429,
+        "the last good limit is gone"
+    );
+    Ok(())
+}
+
+#[test]
+fn killing_the_control_plane_leaves_envoy_serving() -> Result<()> {
+    let a = TestUpstream::start_named("a")?;
+    let dir = TempDir::new("kill")?;
+    dir.write("services.yaml", &registry_yaml(&[("orders", a.port())]))?;
+    dir.write("rules.yaml", "services: {}\n")?;
+    let mut cp = ControlPlane::start(&dir)?;
+    let envoy = start_envoy(&cp, "kill")?;
+    cp.wait_status("ACKs", |s| acked_everything(s, "kill"))?;
+    ensure!(get(&envoy, "orders", "/")?.status == 200);
+    cp.kill()?;
+    // Envoy notices the broken stream (and retries it) but keeps its config.
+    let deadline = Instant::now() + WAIT;
+    while envoy.stat("control_plane.connected_state") != Some(0) {
+        ensure!(
+            Instant::now() < deadline,
+            "Envoy never noticed the control plane died"
+        );
+        std::thread::sleep(support::POLL);
+    }
+    for _ in 0..10 {
+        let r = get(&envoy, "orders", "/")?;
+        ensure!(
+            r.status == 200 && r.header("x-upstream") == Some("a"),
+            "{r:?}"
+        );
+    }
+    ensure!(envoy.is_running());
+
+    // A restarted control plane serves the same content under the same versions, so Envoy,
+    // which reconnects and reports what it has, is sent nothing: no config churn.
+    let sent_before = cp.log_text().matches("sending").count();
+    ensure!(sent_before >= 4, "{}", cp.log_text());
+    cp.restart()?;
+    let deadline = Instant::now() + WAIT;
+    while envoy.stat("control_plane.connected_state") != Some(1) {
+        ensure!(Instant::now() < deadline, "Envoy never reconnected");
+        std::thread::sleep(support::POLL);
+    }
+    cp.wait_status("Envoy reporting its versions", |s| {
+        acked_everything(s, "kill")
+    })?;
+    let log = cp.log_text();
+    ensure!(log.matches("ads stream opened").count() == 2, "{log}");
+    ensure!(
+        log.matches("sending").count() == sent_before,
+        "the restarted control plane resent what Envoy had: {log}"
+    );
+    ensure!(get(&envoy, "orders", "/")?.status == 200);
+    Ok(())
+}
+
+#[test]
+fn a_static_render_runs_in_envoy_with_the_same_filters_and_routes() -> Result<()> {
+    let a = TestUpstream::start_named("a")?;
+    let b = TestUpstream::start_named("b")?;
+    let dir = TempDir::new("static")?;
+    let services = dir.write(
+        "services.yaml",
+        &format!(
+            "services:\n  orders:\n  - {{address: 127.0.0.1, port: {a}}}\n  - {{address: 127.0.0.1, port: {b}, health: critical}}\n  inventory:\n  - {{address: 127.0.0.1, port: {a}, zone: z1}}\n",
+            a = a.port(),
+            b = b.port()
+        ),
+    )?;
+    let rules = dir.write("rules.yaml", RULES)?;
+    let listen = format!("127.0.0.1:{}", support::free_port()?);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
+        .args([
+            "render",
+            "--static",
+            "--admin-port",
+            "0",
+            "--listen",
+            &listen,
+        ])
+        .arg("--registry")
+        .arg(format!("file:{}", services.display()))
+        .arg("--rules")
+        .arg(&rules)
+        .arg("--wasm-dir")
+        .arg(meshguard_tests::workspace_root().join("target/wasm32-wasip1/wasm"))
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout)?;
+    let envoy =
+        meshguard_tests::Envoy::start(meshguard_tests::EnvoyConfig::from_template_text(yaml))?;
+    for i in 0..3 {
+        let r = get(&envoy, "orders", "/")?;
+        ensure!(
+            r.status == 200 && r.header("x-upstream") == Some("a"),
+            "request {i}: {r:?}"
+        );
+    }
+    ensure!(get(&envoy, "orders", "/")?.status == 429);
+    for _ in 0..5 {
+        ensure!(get(&envoy, "inventory", "/")?.status == 200);
+    }
+    ensure!(b.request_count() == 0, "the critical instance got traffic");
+    Ok(())
+}

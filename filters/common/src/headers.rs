@@ -1,0 +1,200 @@
+//! A whole header map read with ONE host call and looked up in place.
+//!
+//! Each `proxy_get_header_map_value` is a round trip through Envoy's V8 (plus a call back into
+//! the guest's allocator when the header exists). A filter that needs several headers of one
+//! map (`:status`, `grpc-status`, `content-length`...) pays that per header; reading the map's
+//! pairs once (`proxy_get_header_map_pairs`) costs one round trip and one allocation, and the
+//! SDK's own `get_http_*_headers` would then allocate two strings per header, which this
+//! parser does not.
+//!
+//! Wire format (proxy-wasm ABI): a u32 pair count, then per pair the u32 lengths of name and
+//! value, then per pair the name bytes, NUL, the value bytes, NUL; all little-endian.
+
+use proxy_wasm::types::{MapType, Status};
+
+extern "C" {
+    // The SDK's own declaration (proxy-wasm 0.2.5 `hostcalls.rs`), with the same types.
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+}
+
+/// A header map as the host serialized it; lookups parse it in place.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderMap {
+    bytes: Vec<u8>,
+}
+
+impl HeaderMap {
+    /// The current stream's response headers (empty when the host has none or refuses).
+    pub fn response_headers() -> Self {
+        Self::read(MapType::HttpResponseHeaders)
+    }
+
+    /// The current stream's request headers (empty when the host has none or refuses).
+    pub fn request_headers() -> Self {
+        Self::read(MapType::HttpRequestHeaders)
+    }
+
+    fn read(map: MapType) -> Self {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the host writes a pointer to `size` bytes it allocated through this module's
+        // allocator (or a null pointer), exactly as for the SDK's `get_map`, which frees the
+        // buffer the same way; on any other status nothing was allocated.
+        let bytes = unsafe {
+            match proxy_get_header_map_pairs(map, &mut data, &mut size) {
+                Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
+                _ => Vec::new(),
+            }
+        };
+        Self { bytes }
+    }
+
+    /// A map from the ABI's serialized form (for tests; filters use the readers above).
+    pub fn from_serialized(bytes: Vec<u8>) -> Self {
+        Self { bytes }
+    }
+
+    /// Every pair in order; stops at the first malformed one (a host bug, never a panic).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        Pairs::new(&self.bytes)
+    }
+
+    /// The first value of header `name` (Envoy stores names in lower case), if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    /// Every pair as owned strings, like the SDK's `get_http_*_headers`.
+    pub fn to_vec(&self) -> Vec<(String, String)> {
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+/// Walks the serialized pairs.
+struct Pairs<'a> {
+    /// The lengths table still to read.
+    sizes: &'a [u8],
+    /// The names and values still to read.
+    data: &'a [u8],
+    left: usize,
+}
+
+impl<'a> Pairs<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        let count = read_u32(bytes, 0).unwrap_or(0);
+        let end = count.checked_mul(8).and_then(|table| table.checked_add(4));
+        match end.and_then(|end| Some((bytes.get(4..end)?, bytes.get(end..)?))) {
+            Some((sizes, data)) => Self {
+                sizes,
+                data,
+                left: count,
+            },
+            _ => Self {
+                sizes: &[],
+                data: &[],
+                left: 0,
+            },
+        }
+    }
+
+    /// `len` bytes of text and the NUL after them.
+    fn take(&mut self, len: usize) -> Option<&'a str> {
+        let text = self.data.get(..len)?;
+        if self.data.get(len) != Some(&0) {
+            return None;
+        }
+        self.data = self.data.get(len + 1..)?;
+        std::str::from_utf8(text).ok()
+    }
+}
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let pair = (|| {
+            let name_len = read_u32(self.sizes, 0)?;
+            let value_len = read_u32(self.sizes, 4)?;
+            self.sizes = self.sizes.get(8..)?;
+            Some((self.take(name_len)?, self.take(value_len)?))
+        })();
+        if pair.is_none() {
+            self.left = 0;
+        }
+        pair
+    }
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
+    let word: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+    usize::try_from(u32::from_le_bytes(word)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serialize(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in pairs {
+            out.extend((k.len() as u32).to_le_bytes());
+            out.extend((v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            out.extend(k.as_bytes());
+            out.push(0);
+            out.extend(v.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn finds_the_first_value_of_a_header() {
+        let map = HeaderMap::from_serialized(serialize(&[
+            (":status", "200"),
+            ("set-cookie", "a"),
+            ("set-cookie", "b"),
+            ("x-empty", ""),
+        ]));
+        assert_eq!(map.get(":status"), Some("200"));
+        assert_eq!(map.get("set-cookie"), Some("a"));
+        assert_eq!(map.get("x-empty"), Some(""));
+        assert_eq!(map.get("grpc-status"), None);
+        assert_eq!(map.iter().count(), 4);
+        assert_eq!(map.to_vec()[2], ("set-cookie".into(), "b".into()));
+    }
+
+    #[test]
+    fn empty_and_malformed_maps_read_as_what_is_intact() {
+        assert_eq!(HeaderMap::default().iter().count(), 0);
+        assert_eq!(HeaderMap::from_serialized(vec![1, 0]).iter().count(), 0);
+        // A count larger than the table: nothing is trusted.
+        let mut lying = serialize(&[("a", "1")]);
+        lying[0] = 9;
+        assert_eq!(HeaderMap::from_serialized(lying).get("a"), None);
+        // A truncated second pair: the first still reads, the rest is dropped.
+        let mut cut = serialize(&[("a", "1"), ("bb", "22")]);
+        cut.truncate(cut.len() - 2);
+        let cut = HeaderMap::from_serialized(cut);
+        assert_eq!(cut.iter().collect::<Vec<_>>(), vec![("a", "1")]);
+        // A missing NUL terminator, and a name that is not UTF-8.
+        let mut no_nul = serialize(&[("a", "1")]);
+        let last = no_nul.len() - 1;
+        no_nul[last] = b'x';
+        assert_eq!(HeaderMap::from_serialized(no_nul).get("a"), None);
+        let mut bad_utf8 = serialize(&[("a", "1")]);
+        bad_utf8[12] = 0xff;
+        assert_eq!(HeaderMap::from_serialized(bad_utf8).iter().count(), 0);
+    }
+}

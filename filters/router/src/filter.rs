@@ -1,0 +1,903 @@
+//! The proxy-wasm shell. The root context parses the configuration once, runs the Consul watch
+//! while it holds the sync lease (ticks and `dispatch_http_call`), and resends the failback
+//! queue. Each HTTP context matches the request to a service, picks hosts from the shared
+//! instance list, hands them to Envoy's override_host policy in a request header together with
+//! the retry headers of the service's mode, and on an error answers for `failsafe`/`failback`.
+
+use std::cell::RefCell;
+use std::hash::{BuildHasher, RandomState};
+use std::rc::Rc;
+use std::time::Duration;
+
+use log::{debug, error, info, warn};
+use meshguard_core::{key_hash, Backoff, CallResult, Recorded, SplitMix64};
+use meshguard_filter_common::{
+    ensure, init_logging, parse_config, send_local_reply, sync_log_level, CasStore, Counter, Gauge,
+    HeaderMatcher, SharedData, StringMatcher, WallClock,
+};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, MapType};
+
+use crate::config::{Config, FallbackResponse, HashOn, Mode};
+use crate::failback::{FailbackQueue, Resent};
+use crate::pool::{Policy, Pool};
+use crate::registry::{list_key, Lease, LeaseOutcome, LEASE_KEY};
+use crate::sync::{Answer, Reply, Syncer};
+
+/// Prefix of every stat: Envoy shows `wasmcustom.meshguard_router.<service>.<name>`.
+const STATS_PREFIX: &str = "meshguard_router";
+/// Response header on answers the filter gives instead of an upstream error.
+const ANSWER_HEADER: &str = "x-meshguard-router";
+/// Envoy's retry headers, set (or removed) by the filter for every routed request.
+const MAX_RETRIES_HEADER: &str = "x-envoy-max-retries";
+const RETRY_ON_HEADER: &str = "x-envoy-retry-on";
+const PER_TRY_TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-per-try-timeout-ms";
+
+/// Registers the root context; called from `proxy_wasm::main!`.
+pub(crate) fn start() {
+    init_logging();
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(Root {
+            context_id,
+            state: None,
+            syncer: None,
+            consul: None,
+            resends: Vec::new(),
+        })
+    });
+}
+
+fn bump(counter: Option<Counter>) {
+    if let Some(c) = counter {
+        c.increment();
+    }
+}
+
+/// One service's stats.
+#[derive(Debug)]
+struct Stats {
+    routed: Option<Counter>,
+    no_instances: Option<Counter>,
+    ejections: Option<Counter>,
+    failsafe: Option<Counter>,
+    failback_queued: Option<Counter>,
+    failback_dropped: Option<Counter>,
+    failback_delivered: Option<Counter>,
+    failback_exhausted: Option<Counter>,
+    sync_changes: Option<Counter>,
+    sync_errors: Option<Counter>,
+    sync_empty: Option<Counter>,
+    instances: Option<Gauge>,
+    cache_age_ms: Option<Gauge>,
+}
+
+impl Stats {
+    fn define(service: &str) -> Self {
+        let c = |name: &str| Counter::define(&format!("{STATS_PREFIX}.{service}.{name}"));
+        let g = |name: &str| Gauge::define(&format!("{STATS_PREFIX}.{service}.{name}"));
+        Self {
+            routed: c("routed"),
+            no_instances: c("no_instances"),
+            ejections: c("ejections"),
+            failsafe: c("failsafe"),
+            failback_queued: c("failback_queued"),
+            failback_dropped: c("failback_dropped"),
+            failback_delivered: c("failback_delivered"),
+            failback_exhausted: c("failback_exhausted"),
+            sync_changes: c("sync_changes"),
+            sync_errors: c("sync_errors"),
+            sync_empty: c("sync_empty"),
+            instances: g("instances"),
+            cache_age_ms: g("cache_age_ms"),
+        }
+    }
+}
+
+/// A service's compiled request-path settings.
+#[derive(Debug)]
+struct Route {
+    name: String,
+    list_key: String,
+    authority: Option<StringMatcher>,
+    path: Option<StringMatcher>,
+    headers: Vec<HeaderMatcher>,
+    hash_on: Option<HashOn>,
+    mode: Mode,
+    retries: u32,
+    retry_on: String,
+    per_try_timeout_ms: Option<String>,
+    retry_non_idempotent: bool,
+    fallback: FallbackResponse,
+    failback_cluster: Option<String>,
+    failback_timeout: Duration,
+    max_body_bytes: usize,
+    policy: Policy,
+    /// Outlier ejection, latency estimates or failsafe/failback need the response.
+    observes_responses: bool,
+    /// Outlier ejection, latency estimates or failback need the time of the request.
+    needs_clock: bool,
+    stats: Stats,
+}
+
+impl Route {
+    fn compile(s: &crate::config::Service, datacenters: &[String]) -> Result<Self, String> {
+        let m = &s.matches;
+        let err = |e: meshguard_filter_common::ConfigError| e.to_string();
+        Ok(Self {
+            name: s.name.clone(),
+            list_key: list_key(&s.name),
+            authority: m
+                .authority
+                .as_ref()
+                .map(|a| a.compile())
+                .transpose()
+                .map_err(err)?,
+            path: m
+                .path
+                .as_ref()
+                .map(|p| p.compile())
+                .transpose()
+                .map_err(err)?,
+            headers: m
+                .headers
+                .iter()
+                .map(|h| h.compile())
+                .collect::<Result<_, _>>()
+                .map_err(err)?,
+            hash_on: s.hash_on.clone(),
+            mode: s.mode,
+            retries: s.retries,
+            retry_on: s.retry_on.join(","),
+            per_try_timeout_ms: s
+                .per_try_timeout
+                .map(|d| d.as_nanos().div_ceil(1_000_000).max(1).to_string()),
+            retry_non_idempotent: s.retry_non_idempotent,
+            fallback: s.fallback_response.clone().unwrap_or_default(),
+            failback_cluster: s.failback.as_ref().map(|f| f.cluster.clone()),
+            failback_timeout: Duration::from_nanos(
+                s.failback
+                    .as_ref()
+                    .map_or(5_000_000_000, |f| f.timeout.as_nanos()),
+            ),
+            max_body_bytes: s.failback.as_ref().map_or(0, |f| {
+                usize::try_from(f.max_body_bytes).unwrap_or(usize::MAX)
+            }),
+            policy: Policy::compile(s, datacenters)?,
+            observes_responses: s.outlier.is_some()
+                || s.balancer == crate::config::Balancer::ResponseTimeWeighted
+                || matches!(s.mode, Mode::Failsafe | Mode::Failback),
+            needs_clock: s.outlier.is_some()
+                || s.balancer == crate::config::Balancer::ResponseTimeWeighted
+                || s.mode == Mode::Failback,
+            stats: Stats::define(&s.name),
+        })
+    }
+
+    fn matches(
+        &self,
+        authority: &str,
+        path: &str,
+        header: &dyn Fn(&str) -> Option<String>,
+    ) -> bool {
+        self.authority.as_ref().is_none_or(|m| m.matches(authority))
+            && self.path.as_ref().is_none_or(|m| m.matches(path))
+            && self
+                .headers
+                .iter()
+                .all(|h| h.matches(header(h.name()).as_deref()))
+    }
+}
+
+/// What the root context shares with its HTTP contexts.
+#[derive(Debug)]
+struct State {
+    routes: Vec<Route>,
+    /// Some service matches on `:authority` / on `:path`.
+    match_authority: bool,
+    match_path: bool,
+    override_header: String,
+    pools: RefCell<Vec<Pool>>,
+    queues: RefCell<Vec<Option<FailbackQueue>>>,
+    rng: RefCell<SplitMix64>,
+    clock: WallClock,
+    lease_takeovers: Option<Counter>,
+    bad_records: Option<Counter>,
+}
+
+struct Root {
+    context_id: u32,
+    state: Option<Rc<State>>,
+    syncer: Option<Syncer>,
+    consul: Option<ConsulTarget>,
+    /// Failback resends in flight: token → service.
+    resends: Vec<(u32, usize)>,
+}
+
+/// A random identity for this VM (WASI `random_get` seeds std's hasher keys).
+fn vm_identity(context_id: u32) -> u64 {
+    RandomState::new().hash_one(context_id).max(1)
+}
+
+impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        // Shutting down: stop polling and hand the lease on at once.
+        if let Some(syncer) = self.syncer.take() {
+            Lease::release(&SharedData, syncer.me());
+        }
+        true
+    }
+
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let now = state.clock.now_ns();
+        let status = (num_headers > 0)
+            .then(|| self.get_http_call_response_header(":status"))
+            .flatten()
+            .and_then(|s| s.parse::<u16>().ok());
+        if let Some(pos) = self.resends.iter().position(|(t, _)| *t == token) {
+            let (_, service) = self.resends.swap_remove(pos);
+            let mut queues = state.queues.borrow_mut();
+            let mut rng = state.rng.borrow_mut();
+            let outcome = queues
+                .get_mut(service)
+                .and_then(Option::as_mut)
+                .and_then(|q| q.answered(token, status, now, &mut *rng));
+            if let Some(route) = state.routes.get(service) {
+                match outcome {
+                    Some(Resent::Delivered) => bump(route.stats.failback_delivered),
+                    Some(Resent::Exhausted) => {
+                        bump(route.stats.failback_exhausted);
+                        warn!("meshguard_router service={} failback resend gave up after its attempts", route.name);
+                    }
+                    Some(Resent::Retrying) | None => {}
+                }
+            }
+            return;
+        }
+        let index = (num_headers > 0)
+            .then(|| self.get_http_call_response_header("x-consul-index"))
+            .flatten();
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
+        let Some(syncer) = self.syncer.as_mut() else {
+            return;
+        };
+        let handled = {
+            let mut rng = state.rng.borrow_mut();
+            let reply = Reply {
+                status,
+                index: index.as_deref(),
+                body: &body,
+            };
+            syncer.answer(&SharedData, token, reply, now, &mut *rng)
+        };
+        let Some(handled) = handled else {
+            return;
+        };
+        if let Some(route) = state.routes.get(handled.service) {
+            let name = &route.name;
+            match &handled.answer {
+                Answer::Changed { instances } => {
+                    bump(route.stats.sync_changes);
+                    info!("meshguard_router service={name} synced {instances} instances");
+                }
+                Answer::Unchanged => debug!("meshguard_router service={name} unchanged"),
+                Answer::IndexReset => {
+                    info!("meshguard_router service={name} consul index went backwards: re-reading")
+                }
+                Answer::Empty(e) => {
+                    bump(route.stats.sync_empty);
+                    warn!("meshguard_router service={name} keeping the cached list: {e}");
+                }
+                Answer::Failed {
+                    error,
+                    failures,
+                    first,
+                } => {
+                    bump(route.stats.sync_errors);
+                    if *first {
+                        warn!("meshguard_router service={name} consul query failed, keeping the cached list: {error}");
+                    } else {
+                        debug!("meshguard_router service={name} consul query failed ({failures} in a row): {error}");
+                    }
+                }
+            }
+        }
+        self.update_gauges(&state, now);
+        self.dispatch_queries(&state, now);
+    }
+}
+
+impl Root {
+    fn dispatch_queries(&mut self, state: &State, now: u64) {
+        let Some(syncer) = self.syncer.as_mut() else {
+            return;
+        };
+        let Some(consul) = self.consul.as_ref() else {
+            return;
+        };
+        for q in syncer.due(now) {
+            let mut headers = vec![
+                (":method", "GET"),
+                (":path", q.path.as_str()),
+                (":authority", consul.authority.as_str()),
+                ("accept", "application/json"),
+            ];
+            if let Some(token) = &consul.token {
+                headers.push(("x-consul-token", token.as_str()));
+            }
+            match hostcalls::dispatch_http_call(
+                &consul.cluster,
+                headers,
+                None,
+                vec![],
+                Duration::from_nanos(q.timeout_ns),
+            ) {
+                Ok(token) => syncer.sent(q.watch, token, now),
+                Err(status) => {
+                    let mut rng = state.rng.borrow_mut();
+                    let failures = syncer.dispatch_failed(q.watch, now, &mut *rng);
+                    if let Some(route) = state.routes.get(q.service) {
+                        bump(route.stats.sync_errors);
+                        if failures == 1 {
+                            warn!(
+                                "meshguard_router service={} cannot call consul cluster {}: {status:?}",
+                                route.name, consul.cluster
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn dispatch_resends(&mut self, state: &State, now: u64) {
+        let mut queues = state.queues.borrow_mut();
+        for (service, queue) in queues.iter_mut().enumerate() {
+            let (Some(queue), Some(route)) = (queue.as_mut(), state.routes.get(service)) else {
+                continue;
+            };
+            let Some(cluster) = &route.failback_cluster else {
+                continue;
+            };
+            for mut resend in queue.due(now) {
+                // A fresh pick for each resend (the failed host may be ejected by now).
+                let hosts = {
+                    let mut pools = state.pools.borrow_mut();
+                    let mut rng = state.rng.borrow_mut();
+                    pools.get_mut(service).map_or_else(Vec::new, |pool| {
+                        let _ = pool.refresh(SharedData.get(&route.list_key), &route.policy);
+                        let picks = pool.pick(&route.policy, None, 1, now, &mut *rng);
+                        picks
+                            .iter()
+                            .filter_map(|&i| pool.authority(i).map(str::to_string))
+                            .collect()
+                    })
+                };
+                resend
+                    .headers
+                    .retain(|(k, _)| !k.eq_ignore_ascii_case(&state.override_header));
+                if !hosts.is_empty() {
+                    resend
+                        .headers
+                        .push((state.override_header.clone(), hosts.join(",")));
+                }
+                let headers: Vec<(&str, &str)> = resend
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let body = (!resend.body.is_empty()).then_some(resend.body.as_slice());
+                match hostcalls::dispatch_http_call(
+                    cluster,
+                    headers,
+                    body,
+                    vec![],
+                    route.failback_timeout,
+                ) {
+                    Ok(token) => {
+                        queue.sent(token, resend);
+                        self.resends.push((token, service));
+                    }
+                    Err(_) => {
+                        let mut rng = state.rng.borrow_mut();
+                        if queue.not_sent(resend, now, &mut *rng) == Resent::Exhausted {
+                            bump(route.stats.failback_exhausted);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn update_gauges(&self, state: &State, now: u64) {
+        let Some(syncer) = &self.syncer else {
+            return;
+        };
+        for (service, route) in state.routes.iter().enumerate() {
+            if let (Some(g), Some(age)) = (
+                route.stats.cache_age_ms,
+                syncer.cache_age(&SharedData, service, now),
+            ) {
+                g.set(age / 1_000_000);
+            }
+            if let Some(g) = route.stats.instances {
+                let count = SharedData
+                    .get(&route.list_key)
+                    .and_then(|(v, _)| crate::registry::decode(&v))
+                    .map_or(0, |l| l.instances.len());
+                g.set(count as u64);
+            }
+        }
+    }
+}
+
+/// Where the Consul calls go (the root's copy of the config).
+#[derive(Debug, Clone)]
+struct ConsulTarget {
+    cluster: String,
+    authority: String,
+    token: Option<String>,
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        sync_log_level();
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let config = match parse_config::<Config>(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("meshguard_router: invalid configuration: {e}");
+                return false;
+            }
+        };
+        let routes = match config
+            .services
+            .iter()
+            .map(|s| Route::compile(s, &config.consul.datacenters))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                error!("meshguard_router: invalid configuration: {e}");
+                return false;
+            }
+        };
+        let me = vm_identity(self.context_id);
+        let syncer = match Syncer::new(&config, me) {
+            Ok(s) => s,
+            Err(e) => {
+                error!("meshguard_router: invalid configuration: consul: {e}");
+                return false;
+            }
+        };
+        let mut queues = Vec::with_capacity(config.services.len());
+        for s in &config.services {
+            queues.push(match &s.failback {
+                Some(f) => match Backoff::try_new(f.retry_base.as_nanos(), f.retry_max.as_nanos()) {
+                    Ok(b) => Some(FailbackQueue::new(f.queue_size, f.max_attempts, b)),
+                    Err(e) => {
+                        error!("meshguard_router: invalid configuration: services: {}: failback: {e}", s.name);
+                        return false;
+                    }
+                },
+                None => None,
+            });
+        }
+        ensure(&SharedData, LEASE_KEY, &Lease::initial());
+        self.consul = Some(ConsulTarget {
+            cluster: config.consul.cluster.clone(),
+            authority: config
+                .consul
+                .authority
+                .clone()
+                .unwrap_or_else(|| config.consul.cluster.clone()),
+            token: config.consul.token.clone(),
+        });
+        let _ = hostcalls::set_tick_period(Duration::from_nanos(config.consul.tick.as_nanos()));
+        let pools = routes.iter().map(|_| Pool::default()).collect();
+        self.state = Some(Rc::new(State {
+            match_authority: routes.iter().any(|r| r.authority.is_some()),
+            match_path: routes.iter().any(|r| r.path.is_some()),
+            routes,
+            override_header: config.override_host_header.clone(),
+            pools: RefCell::new(pools),
+            queues: RefCell::new(queues),
+            rng: RefCell::new(SplitMix64::new(me)),
+            clock: WallClock::new(),
+            lease_takeovers: Counter::define(&format!("{STATS_PREFIX}.lease_takeovers")),
+            bad_records: Counter::define(&format!("{STATS_PREFIX}.bad_records")),
+        }));
+        // Without `sync`, another plugin (an envoy.bootstrap.wasm singleton) polls.
+        self.syncer = config.consul.sync.then_some(syncer);
+        debug!(
+            "meshguard_router: root {} configured with {} services",
+            self.context_id,
+            config.services.len()
+        );
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let now = state.clock.now_ns();
+        if let Some(syncer) = self.syncer.as_mut() {
+            let was_holding = syncer.holding();
+            match syncer.tick(&SharedData, now) {
+                LeaseOutcome::TookOver { from } => {
+                    bump(state.lease_takeovers);
+                    info!("meshguard_router: took the consul sync lease over from {from:x} (it lapsed)");
+                }
+                LeaseOutcome::Held if !was_holding => {
+                    debug!(
+                        "meshguard_router: holding the consul sync lease as {:x}",
+                        syncer.me()
+                    );
+                }
+                _ => {}
+            }
+            if syncer.holding() {
+                self.dispatch_queries(&state, now);
+                self.update_gauges(&state, now);
+            }
+        }
+        self.dispatch_resends(&state, now);
+        sync_log_level();
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream {
+            state: self.state.clone(),
+            routed: None,
+            replied: false,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// A request kept for a failback resend: its headers and body.
+type Captured = (Vec<(String, String)>, Vec<u8>);
+
+/// What a stream remembers about its routing.
+struct Routed {
+    service: usize,
+    /// The hosts handed to Envoy, in order (authorities).
+    hosts: Vec<String>,
+    /// The primary pick's instance id (requests in flight).
+    primary_id: Option<String>,
+    started_at: u64,
+    /// Request kept for a failback resend (`None`: not resendable).
+    resend: Option<Captured>,
+}
+
+struct Stream {
+    state: Option<Rc<State>>,
+    routed: Option<Routed>,
+    replied: bool,
+}
+
+impl Context for Stream {
+    fn on_done(&mut self) -> bool {
+        if let (Some(state), Some(r)) = (&self.state, &self.routed) {
+            if let Some(id) = &r.primary_id {
+                if let Some(pool) = state.pools.borrow_mut().get_mut(r.service) {
+                    pool.ended(id);
+                }
+            }
+        }
+        true
+    }
+}
+
+fn header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+fn idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
+}
+
+fn cookie(name: &str) -> Option<String> {
+    let cookies = header("cookie")?;
+    cookies.split(';').find_map(|c| {
+        let (k, v) = c.trim().split_once('=')?;
+        (k == name).then(|| v.to_string())
+    })
+}
+
+/// The client IP from `source.address` (`ip:port` or `[v6]:port`).
+fn source_ip() -> Option<String> {
+    let raw = hostcalls::get_property(vec!["source", "address"])
+        .ok()
+        .flatten()?;
+    let text = String::from_utf8(raw).ok()?;
+    let ip = match text.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.is_empty() => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        _ => text,
+    };
+    Some(ip)
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(state) = self.state.clone() else {
+            return Action::Continue;
+        };
+        // Only the pseudo-headers some service matches on are read (host calls cost).
+        let authority = if state.match_authority {
+            header(":authority").unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let full_path = if state.match_path {
+            header(":path").unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let path = full_path
+            .split_once('?')
+            .map_or(full_path.as_str(), |(p, _)| p);
+        let Some(service) = state
+            .routes
+            .iter()
+            .position(|r| r.matches(&authority, path, &header))
+        else {
+            // Never client-controlled, routed or not.
+            self.set_http_request_header(&state.override_header, None);
+            return Action::Continue;
+        };
+        let Some(route) = state.routes.get(service) else {
+            return Action::Continue;
+        };
+        let needs_method = route.mode == Mode::Failback
+            || (route.mode == Mode::Failover && route.retries > 0 && !route.retry_non_idempotent);
+        let method = if needs_method {
+            header(":method").unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let may_retry = route.mode == Mode::Failover
+            && route.retries > 0
+            && (route.retry_non_idempotent || idempotent(&method));
+        let wanted = if may_retry {
+            usize::try_from(route.retries).unwrap_or(0) + 1
+        } else {
+            1
+        };
+        let key = match &route.hash_on {
+            Some(HashOn::Header(name)) => header(name),
+            Some(HashOn::Cookie(name)) => cookie(name),
+            Some(HashOn::SourceIp) => source_ip(),
+            None => None,
+        }
+        .map(|k| key_hash(k.as_bytes()));
+        // The clock is a host call: read it only for ejections, latencies and failback.
+        let now = if route.needs_clock {
+            state.clock.now_ns()
+        } else {
+            0
+        };
+        let (hosts, primary_id) = {
+            let mut pools = state.pools.borrow_mut();
+            let Some(pool) = pools.get_mut(service) else {
+                return Action::Continue;
+            };
+            if pool
+                .refresh(SharedData.get(&route.list_key), &route.policy)
+                .is_err()
+            {
+                bump(state.bad_records);
+                warn!(
+                    "meshguard_router service={} unreadable shared list: keeping the previous one",
+                    route.name
+                );
+            }
+            let mut rng = state.rng.borrow_mut();
+            let picks = pool.pick(&route.policy, key, wanted, now, &mut *rng);
+            if let Some(&first) = picks.first() {
+                pool.started(first);
+            }
+            let primary_id = picks
+                .first()
+                .and_then(|&i| pool.instances().get(i))
+                .map(|x| x.id().to_string());
+            let hosts: Vec<String> = picks
+                .iter()
+                .filter_map(|&i| pool.authority(i).map(str::to_string))
+                .collect();
+            (hosts, primary_id)
+        };
+        if hosts.is_empty() {
+            self.set_http_request_header(&state.override_header, None);
+            bump(route.stats.no_instances);
+            debug!(
+                "meshguard_router service={} no instance known yet: Envoy's fallback policy picks",
+                route.name
+            );
+        } else {
+            bump(route.stats.routed);
+            self.set_http_request_header(&state.override_header, Some(&hosts.join(",")));
+        }
+        if may_retry {
+            self.set_http_request_header(MAX_RETRIES_HEADER, Some(&route.retries.to_string()));
+            self.set_http_request_header(RETRY_ON_HEADER, Some(&route.retry_on));
+            self.set_http_request_header(
+                PER_TRY_TIMEOUT_HEADER,
+                route.per_try_timeout_ms.as_deref(),
+            );
+        } else {
+            self.set_http_request_header(MAX_RETRIES_HEADER, Some("0"));
+            self.set_http_request_header(RETRY_ON_HEADER, None);
+            self.set_http_request_header(PER_TRY_TIMEOUT_HEADER, None);
+        }
+        let resend = (route.mode == Mode::Failback && idempotent(&method)).then(|| {
+            let headers = self
+                .get_http_request_headers()
+                .into_iter()
+                .filter(|(k, _)| {
+                    !k.eq_ignore_ascii_case(&state.override_header)
+                        && !k.starts_with("x-envoy-")
+                        && !matches!(k.as_str(), "content-length" | "transfer-encoding")
+                })
+                .collect::<Vec<_>>();
+            (headers, Vec::new())
+        });
+        self.routed = Some(Routed {
+            service,
+            hosts,
+            primary_id,
+            started_at: now,
+            resend,
+        });
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        let Some(state) = self.state.clone() else {
+            return Action::Continue;
+        };
+        let Some(routed) = self.routed.as_mut() else {
+            return Action::Continue;
+        };
+        let max = state
+            .routes
+            .get(routed.service)
+            .map_or(0, |r| r.max_body_bytes);
+        let too_big = routed
+            .resend
+            .as_ref()
+            .is_some_and(|(_, body)| body.len().saturating_add(body_size) > max);
+        if too_big {
+            routed.resend = None;
+        } else if let Some((_, body)) = routed.resend.as_mut() {
+            if let Some(chunk) =
+                hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpRequestBody, 0, body_size)
+                    .ok()
+                    .flatten()
+            {
+                body.extend_from_slice(&chunk);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(state) = self.state.clone() else {
+            return Action::Continue;
+        };
+        if self.replied {
+            return Action::Continue;
+        }
+        let Some(routed) = self.routed.as_mut() else {
+            return Action::Continue;
+        };
+        let Some(route) = state.routes.get(routed.service) else {
+            return Action::Continue;
+        };
+        if !route.observes_responses {
+            return Action::Continue;
+        }
+        let status: Option<u16> = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse().ok());
+        let failed = status.is_none_or(|s| s >= 500);
+        let now = state.clock.now_ns();
+        if !routed.hosts.is_empty() {
+            let upstream = hostcalls::get_property(vec!["upstream", "address"])
+                .ok()
+                .flatten()
+                .and_then(|a| String::from_utf8(a).ok());
+            // The host that answered; hosts listed before it failed their tries.
+            let answered = upstream
+                .as_deref()
+                .and_then(|a| routed.hosts.iter().position(|h| h == a))
+                .unwrap_or(0);
+            let mut pools = state.pools.borrow_mut();
+            if let Some(pool) = pools.get_mut(routed.service) {
+                for (k, host) in routed.hosts.iter().enumerate().take(answered + 1) {
+                    let Some(i) = pool.find(host) else { continue };
+                    let result = if k < answered || failed {
+                        CallResult::Failure
+                    } else {
+                        CallResult::Success
+                    };
+                    if let Recorded::Ejected { until } = pool.record(&route.policy, i, result, now)
+                    {
+                        bump(route.stats.ejections);
+                        info!(
+                            "meshguard_router service={} ejected {host} for {} ms",
+                            route.name,
+                            until.saturating_sub(now) / 1_000_000
+                        );
+                    }
+                    let timed =
+                        route.policy.balancer == crate::config::Balancer::ResponseTimeWeighted;
+                    if k == answered && !failed && timed {
+                        let latency = now.saturating_sub(routed.started_at);
+                        pool.observe_latency(&route.policy, i, latency, now);
+                    }
+                }
+            }
+        }
+        if !failed || !matches!(route.mode, Mode::Failsafe | Mode::Failback) {
+            return Action::Continue;
+        }
+        let mut kind = "failsafe";
+        if route.mode == Mode::Failback {
+            kind = "failback";
+            let queued = match (
+                routed.resend.take(),
+                state.queues.borrow_mut().get_mut(routed.service),
+            ) {
+                (Some((headers, body)), Some(Some(queue))) => {
+                    let mut rng = state.rng.borrow_mut();
+                    Some(queue.push(headers, body, now, &mut *rng))
+                }
+                _ => None,
+            };
+            match queued {
+                Some(true) => bump(route.stats.failback_queued),
+                Some(false) => {
+                    bump(route.stats.failback_dropped);
+                    debug!(
+                        "meshguard_router service={} failback queue full: dropped",
+                        route.name
+                    );
+                }
+                None => {}
+            }
+        } else {
+            bump(route.stats.failsafe);
+        }
+        let r = &route.fallback;
+        let mut headers: Vec<(&str, &str)> = vec![(ANSWER_HEADER, kind)];
+        headers.extend(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.replied = true;
+        send_local_reply(r.status, &headers, r.body.as_bytes());
+        Action::Pause
+    }
+}
