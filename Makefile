@@ -13,7 +13,6 @@ ENVOY := $(ENVOY_DIR)/envoy/_bin/envoy
 
 WASM_TARGET := wasm32-wasip1
 # Every crate built into a .wasm module (target/wasm32-wasip1/wasm/<crate>.wasm).
-# Filters are appended here as they land.
 WASM_CRATES := fixture-conformance fixture-minimal meshguard-ratelimit meshguard-fallback \
   meshguard-tenant meshguard-router
 WASM_PKGS := $(addprefix -p ,$(WASM_CRATES))
@@ -71,7 +70,7 @@ lint: toolchain ## rustfmt check, clippy -D warnings (native, all targets) and c
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --locked --target $(WASM_TARGET) $(WASM_PKGS) -- -D warnings
 
-demo: tools wasm ## Conformance module in Envoy and host-sim; the rate limiter and the circuit breaker in Envoy
+demo: tools wasm ## Conformance module in Envoy and host-sim; ratelimit, fallback, tenant and router filters and the control plane in Envoy
 	$(CARGO) run --locked --release -p meshguard-demo
 
 # Benchmarks are not tests: host-sim's benchmark binary reports ratios against a baseline

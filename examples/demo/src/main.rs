@@ -9,6 +9,11 @@
 //! Part 2 (`ratelimit.rs`) runs the ratelimit filter in a second Envoy: a burst answered with
 //! 200s then 429s and their `RateLimit-*` headers, and a burst shaped to a fixed pace (exit 1
 //! if the filter does not do what its configuration says).
+//!
+//! Part 3 (`fallback.rs`) opens a circuit breaker and serves its fallback; part 4 (`tenant.rs`)
+//! denies a cross-tenant call and scopes Consul discovery per tenant; part 5 (`router.rs`) routes
+//! over a Consul-synced list through an instance kill and a Consul outage; part 6
+//! (`controlplane.rs`) drives Envoy from `meshguard run` over xDS.
 
 mod controlplane;
 mod fallback;
