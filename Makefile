@@ -75,11 +75,14 @@ demo: tools wasm ## Conformance module in Envoy and host-sim; ratelimit, fallbac
 
 # Benchmarks are not tests: host-sim's benchmark binary reports ratios against a baseline
 # measured in the same run; wrk drives the real-Envoy comparisons.
-bench: tools wasm ## Install wrk if missing; host-sim's benchmark, then Envoy variants under wrk
+bench: tools wasm ## Install wrk if missing; core and host-sim benchmarks, Envoy variants under wrk, control plane at 5,000 services
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
 	$(CARGO) bench --locked -p meshguard-core --bench decide
+	$(CARGO) bench --locked -p meshguard-core --bench pick
 	$(CARGO) run --locked --release -p host-sim --bin host-sim-bench
 	$(CARGO) run --locked --release -p meshguard-bench --bin envoy-bench
+	$(CARGO) run --locked --release -p meshguard --example consul_sync_bench -- \
+	  --services 5000 --instances 10 --changes 20
 
 clean: ## Remove build output and Envoy run directories (keeps .tools)
 	$(CARGO) clean

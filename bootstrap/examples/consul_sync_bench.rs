@@ -1,11 +1,13 @@
 //! Consul → Envoy at scale: N services × M instances in the fake Consul, `meshguard run` in a
 //! child process (so its memory is its own), and Envoy over ADS. Prints the time to the first
-//! full snapshot, the control plane's resident memory, and the time from one instance added in
-//! Consul to Envoy having it (`cluster.<service>.membership_total` in Envoy's admin).
+//! full snapshot, the control plane's resident memory, and the time from one instance change
+//! in Consul (alternately an instance added and removed, in services spread over the
+//! catalog) to Envoy having applied it (`cluster.<service>.membership_total` in Envoy's
+//! admin), median and p99 over `--changes` changes.
 //!
 //! ```sh
-//! cargo run --release -p meshguard --example consul_sync_bench -- 5000 10   # the issue's size
-//! cargo run -p meshguard --example consul_sync_bench -- 200 10              # a smoke run
+//! cargo run --release -p meshguard --example consul_sync_bench -- --services 5000 --instances 10
+//! cargo run -p meshguard --example consul_sync_bench -- --services 200 --instances 10 # smoke
 //! ```
 
 use std::net::{SocketAddr, TcpListener};
@@ -19,17 +21,71 @@ use meshguard_tests::{send_with_timeout, Envoy, EnvoyConfig, Request};
 /// Longest wait for one phase.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(600);
 const POLL: Duration = Duration::from_millis(5);
-/// Changes measured after the first sync.
-const CHANGES: usize = 5;
+/// Appended to the ADS bootstrap: keep only `cluster.<name>.membership_total`.
+const STATS_CONFIG: &str = r"stats_config:
+  stats_matcher:
+    inclusion_list:
+      patterns:
+      - suffix: .membership_total
+";
+
+const USAGE: &str = "usage: consul_sync_bench [--services N (200)] [--instances M (10)] [--changes K (20)] [--xds delta|sotw (delta)]";
+
+/// What to measure.
+struct Args {
+    services: usize,
+    per_service: usize,
+    changes: usize,
+    /// Envoy's ADS flavour: incremental (`DELTA_GRPC`) or state of the world (`GRPC`).
+    delta: bool,
+}
+
+fn parse_args(args: &[String]) -> Result<Args> {
+    let mut parsed = Args {
+        services: 200,
+        per_service: 10,
+        changes: 20,
+        delta: true,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let slot = match flag.as_str() {
+            "--xds" => {
+                parsed.delta = match it.next().map(String::as_str) {
+                    Some("delta") => true,
+                    Some("sotw") => false,
+                    other => bail!("--xds {other:?}: expected delta or sotw\n{USAGE}"),
+                };
+                continue;
+            }
+            "--services" => &mut parsed.services,
+            "--instances" => &mut parsed.per_service,
+            "--changes" => &mut parsed.changes,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        };
+        let value = it
+            .next()
+            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        *slot = value
+            .parse()
+            .with_context(|| format!("{flag} {value:?}: not a number\n{USAGE}"))?;
+    }
+    if parsed.services == 0 || parsed.per_service == 0 || parsed.changes == 0 {
+        bail!("--services, --instances and --changes must be at least 1\n{USAGE}");
+    }
+    Ok(parsed)
+}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--control-plane") {
         return control_plane(&args[2..]);
     }
-    let services: usize = args.get(1).map_or(Ok(200), |a| a.parse())?;
-    let per_service: usize = args.get(2).map_or(Ok(10), |a| a.parse())?;
-    bench(services, per_service)
+    bench(&parse_args(&args[1..])?)
 }
 
 /// Child mode: `meshguard::run` against Consul at `args[0]`, xDS on `args[1]`, status on
@@ -100,9 +156,28 @@ fn wait_until(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<Dura
     Ok(start.elapsed())
 }
 
-fn bench(services: usize, per_service: usize) -> Result<()> {
+/// The `q`-quantile (0..=1) of sorted samples, nearest rank.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted
+        .get(rank.saturating_sub(1).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
+fn bench(args: &Args) -> Result<()> {
+    let Args {
+        services,
+        per_service,
+        changes,
+        delta,
+    } = *args;
     let consul = FakeConsul::start_with(Options {
         max_wait: Duration::from_secs(30),
+        // One blocking query per service plus the catalog watch and the initial fetches
+        // (a real agent needs `limits.http_max_conns_per_client` raised the same way).
+        max_connections: services + 512,
+        max_recorded_requests: 10_000,
         ..Options::default()
     })?;
     let started = Instant::now();
@@ -143,8 +218,22 @@ fn bench(services: usize, per_service: usize) -> Result<()> {
         rss_kib(pid)? / 1024
     );
 
+    // Envoy keeps only the stat the bench reads: with every stat of 5,000 clusters, one
+    // `/stats?filter=` poll scans hundreds of thousands of names on Envoy's main thread
+    // (~0.25 s), the same thread that applies xDS, and would dominate what is measured.
+    let mut template = format!(
+        "{}\n{STATS_CONFIG}",
+        include_str!("../../envoy-configs/bootstrap-ads.yaml.tmpl")
+    );
+    if delta {
+        template = template.replace("api_type: GRPC", "api_type: DELTA_GRPC");
+    }
+    println!(
+        "Envoy ADS: {}",
+        if delta { "delta" } else { "state of the world" }
+    );
     let envoy = Envoy::start(
-        EnvoyConfig::new("bootstrap-ads")
+        EnvoyConfig::from_template_text(template)
             .var("NODE_ID", "bench")
             .var("ADMIN_PORT", "0")
             .var("XDS_ADDRESS", xds.ip().to_string())
@@ -170,28 +259,58 @@ fn bench(services: usize, per_service: usize) -> Result<()> {
         rss_kib(pid)? / 1024
     );
 
+    let poll_started = Instant::now();
+    membership(&last)?;
+    let poll_cost = poll_started.elapsed();
+
+    let published = || -> Result<u64> {
+        status(admin)?["snapshot"]["published"]
+            .as_u64()
+            .context("no snapshot.published in the status")
+    };
     let mut samples = Vec::new();
-    for change in 0..CHANGES {
-        let service = name(change * services / CHANGES);
+    let mut to_control_plane = Vec::new();
+    for change in 0..changes {
+        // Alternately add an instance to a service and remove it again, spread over the
+        // catalog so consecutive changes hit different services.
+        let service = name((change / 2) * services / changes.div_ceil(2));
         let before = membership(&service)?.unwrap_or_default();
+        let id = format!("{service}-new");
+        let publications = published()?;
         let t = Instant::now();
-        consul.register(Instance::new(
-            &format!("{service}-new"),
-            &service,
-            "127.0.0.2",
-            20_000,
-        ));
+        let after = if change % 2 == 0 {
+            consul.register(Instance::new(&id, &service, "127.0.0.2", 20_000));
+            before + 1
+        } else {
+            consul.deregister(&id);
+            before - 1
+        };
+        wait_until("the control plane to publish the change", || {
+            Ok(published()? > publications)
+        })?;
+        to_control_plane.push(t.elapsed());
         wait_until("Envoy to apply the change", || {
-            Ok(membership(&service)? == Some(before + 1))
+            Ok(membership(&service)? == Some(after))
         })?;
         samples.push(t.elapsed());
     }
     samples.sort();
+    to_control_plane.sort();
     println!(
-        "one instance added in Consul → applied by Envoy: min {:?}, median {:?}, max {:?} ({CHANGES} changes)",
+        "  of which Consul → control plane snapshot published: median {:?}, p99 {:?}",
+        quantile(&to_control_plane, 0.5),
+        quantile(&to_control_plane, 0.99),
+    );
+    println!(
+        "one instance changed in Consul → applied by Envoy ({changes} changes): min {:?}, median {:?}, p99 {:?}, max {:?} (one admin poll costs {poll_cost:?})",
         samples[0],
-        samples[samples.len() / 2],
+        quantile(&samples, 0.5),
+        quantile(&samples, 0.99),
         samples[samples.len() - 1]
+    );
+    println!(
+        "control plane RSS after the changes: {} MiB",
+        rss_kib(pid)? / 1024
     );
     Ok(())
 }

@@ -133,11 +133,7 @@ pub fn snapshot(
             refs: vec![(*service).clone()],
         });
         let instances = registry.services.get(*service).unwrap_or(&no_endpoints);
-        endpoints.push(Resource {
-            name: (*service).clone(),
-            body: any(&load_assignment(service, instances)),
-            refs: Vec::new(),
-        });
+        endpoints.push(endpoint_resource(service, instances));
     }
     let mut filters = Vec::new();
     for service in &services {
@@ -169,6 +165,16 @@ pub fn snapshot(
             refs: services.iter().map(|s| (*s).clone()).collect(),
         }],
     )?)
+}
+
+/// The EDS resource of one service: what an instance change re-encodes (see
+/// [`Snapshot::with_updates`]).
+pub(crate) fn endpoint_resource(service: &str, instances: &[Endpoint]) -> Resource {
+    Resource {
+        name: service.to_string(),
+        body: any(&load_assignment(service, instances)),
+        refs: Vec::new(),
+    }
 }
 
 /// An EDS cluster over ADS with the service's native settings. Panic threshold 0: a critical

@@ -23,6 +23,7 @@ pub use crate::{
     xds::{
         ads::{AdsServer, NackRecord, NodeStatus, XdsStatus},
         cache::{Resource, ResourceSet, ResourceType, Snapshot, SnapshotCache, SnapshotError},
+        delta::DeltaStreamState,
         stream::{Nack, RequestKind, StreamState},
     },
 };

@@ -3,6 +3,7 @@
 //! A registry or rules update that fails to load or convert is rejected and the last good
 //! state stays live; nothing is published before the registry was read once.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ use crate::registry::{Registry, RegistryEvent};
 use crate::rules::{self, Rules};
 use crate::status;
 use crate::xds::ads::{AdsServer, XdsStatus};
-use crate::xds::cache::{ResourceType, SnapshotCache};
+use crate::xds::cache::{Resource, ResourceType, SnapshotCache};
 
 /// Where the registry comes from.
 #[derive(Debug, Clone)]
@@ -116,6 +117,9 @@ pub(crate) struct Live {
     rules_error: Option<String>,
     snapshot_error: Option<String>,
     publishes: u64,
+    /// The default snapshot was fully built from the live rules and registry (the last full
+    /// publication succeeded), so a service's endpoint change may update it in place.
+    incremental_base: bool,
 }
 
 /// Shared between the watch loop and the status endpoint.
@@ -319,8 +323,8 @@ pub async fn run(
                 }
             },
             _ = ticker.tick() => match rules_file.as_mut() {
-                Some(watched) => poll_rules(&shared, watched),
-                None => false,
+                Some(watched) => poll_rules(&shared, watched).into(),
+                None => Change::None,
             },
             Some(value) = async {
                 match kv.as_mut() {
@@ -328,25 +332,27 @@ pub async fn run(
                     None => std::future::pending().await,
                 }
             } => match (value, kv.as_mut()) {
-                (Ok(text), Some((_, last))) if last.as_deref() == Some(text.as_str()) => false,
+                (Ok(text), Some((_, last))) if last.as_deref() == Some(text.as_str()) => Change::None,
                 (Ok(text), Some((_, last))) => {
                     *last = Some(text.clone());
                     let source = shared.rules_source.clone().unwrap_or_default();
-                    apply_rules(&shared, rules::parse(&source, &text))
+                    apply_rules(&shared, rules::parse(&source, &text)).into()
                 }
-                (Ok(_), None) => false,
+                (Ok(_), None) => Change::None,
                 (Err(message), _) => {
                     let mut live = shared.live();
                     if live.rules_error.as_deref() != Some(&message) {
                         tracing::warn!(error = %message, "rules unreadable; keeping the last good rules");
                     }
                     live.rules_error = Some(message);
-                    false
+                    Change::None
                 }
             },
         };
-        if changed {
-            publish(&shared, &options.convert);
+        match changed {
+            Change::None => {}
+            Change::Full => publish(&shared, &options.convert),
+            Change::Services(names) => publish_services(&shared, &options.convert, &names),
         }
     }
     tracing::info!("meshguard control plane stopping");
@@ -362,10 +368,75 @@ pub async fn run(
     }
 }
 
-/// Applies a registry event; true when the registry changed.
-fn on_registry_event(shared: &Shared, event: RegistryEvent) -> bool {
+/// What a change requires of the snapshot.
+#[derive(Debug, PartialEq, Eq)]
+enum Change {
+    /// Nothing changed.
+    None,
+    /// Rebuild it (rules, the set of services, or a whole new registry changed).
+    Full,
+    /// Only these services' instances changed: update their endpoints.
+    Services(BTreeSet<String>),
+}
+
+impl From<bool> for Change {
+    fn from(changed: bool) -> Self {
+        if changed {
+            Self::Full
+        } else {
+            Self::None
+        }
+    }
+}
+
+/// Applies a registry event and says what it requires.
+fn on_registry_event(shared: &Shared, event: RegistryEvent) -> Change {
     let mut live = shared.live();
     match event {
+        RegistryEvent::Changed { services, origin } => {
+            live.registry_checked_at = Some(Instant::now());
+            live.registry_error = None;
+            let Some(registry) = live.registry.as_mut() else {
+                tracing::warn!(
+                    origin,
+                    "a registry change without a registry to apply it to"
+                );
+                return Change::None;
+            };
+            let mut names = BTreeSet::new();
+            let mut reshaped = false;
+            for (name, instances) in services {
+                match (registry.services.get_mut(&name), instances) {
+                    (Some(current), Some(list)) if *current == list => {}
+                    (Some(current), Some(list)) => {
+                        *current = list;
+                        names.insert(name);
+                    }
+                    (None, Some(list)) => {
+                        registry.services.insert(name.clone(), list);
+                        names.insert(name);
+                        reshaped = true;
+                    }
+                    (Some(_), None) => {
+                        registry.services.remove(&name);
+                        names.insert(name);
+                        reshaped = true;
+                    }
+                    (None, None) => {}
+                }
+            }
+            live.registry_origin = Some(origin);
+            if names.is_empty() {
+                return Change::None;
+            }
+            live.registry_changed_at = Some(SystemTime::now());
+            tracing::debug!(origin, services = names.len(), reshaped, "registry changed");
+            if reshaped {
+                Change::Full
+            } else {
+                Change::Services(names)
+            }
+        }
         RegistryEvent::Update { registry, origin } => {
             live.registry_checked_at = Some(Instant::now());
             live.registry_error = None;
@@ -381,19 +452,19 @@ fn on_registry_event(shared: &Shared, event: RegistryEvent) -> bool {
                 live.registry_changed_at = Some(SystemTime::now());
             }
             live.registry_origin = Some(origin);
-            changed
+            changed.into()
         }
         RegistryEvent::Alive => {
             live.registry_checked_at = Some(Instant::now());
             live.registry_error = None;
-            false
+            Change::None
         }
         RegistryEvent::Error(message) => {
             if live.registry_error.as_deref() != Some(&message) {
                 tracing::warn!(error = %message, "registry update failed; keeping the last good registry");
             }
             live.registry_error = Some(message);
-            false
+            Change::None
         }
     }
 }
@@ -457,10 +528,59 @@ fn publish(shared: &Shared, options: &ConvertOptions) {
             shared.cache.set_default(snapshot);
             live.publishes += 1;
             live.snapshot_error = None;
+            live.incremental_base = true;
         }
         Err(err) => {
             tracing::warn!(error = %err, "snapshot rejected; Envoy keeps the last good one");
             live.snapshot_error = Some(err.to_string());
+            live.incremental_base = false;
+        }
+    }
+}
+
+/// Publishes a change of `names`' instances by re-encoding only their EDS resources on top of
+/// the live snapshot (O(changed services), see `Snapshot::with_updates`); falls back to a full
+/// rebuild when the live snapshot is not a full build of the current rules and registry.
+fn publish_services(shared: &Shared, options: &ConvertOptions, names: &BTreeSet<String>) {
+    let live = shared.live();
+    let base = match (live.incremental_base, live.registry.as_ref()) {
+        (true, Some(registry)) => shared
+            .cache
+            .default_snapshot()
+            .filter(|base| {
+                let eds = base.set(ResourceType::Endpoint);
+                names.iter().all(|n| eds.get(n).is_some())
+            })
+            .map(|base| (base, registry)),
+        _ => None,
+    };
+    let Some((base, registry)) = base else {
+        drop(live);
+        return publish(shared, options);
+    };
+    let updates: Vec<Resource> = names
+        .iter()
+        .map(|name| {
+            let instances = registry.services.get(name).map_or(&[][..], Vec::as_slice);
+            convert::endpoint_resource(name, instances)
+        })
+        .collect();
+    match base.with_updates(ResourceType::Endpoint, updates) {
+        Ok(snapshot) => {
+            tracing::info!(
+                eds = snapshot.version(ResourceType::Endpoint),
+                services = names.len(),
+                "snapshot endpoints updated"
+            );
+            shared.cache.set_default(snapshot);
+            let mut live = live;
+            live.publishes += 1;
+            live.snapshot_error = None;
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "incremental update rejected; rebuilding the snapshot");
+            drop(live);
+            publish(shared, options);
         }
     }
 }
@@ -525,4 +645,129 @@ impl Drop for ControlPlane {
 /// The default directory of the filters' wasm modules, relative to the working directory.
 pub fn default_wasm_dir() -> &'static Path {
     Path::new("target/wasm32-wasip1/wasm")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::registry::{Endpoint, Health};
+
+    fn shared() -> Shared {
+        Shared {
+            live: Mutex::new(Live::default()),
+            cache: Arc::new(SnapshotCache::new()),
+            xds: Arc::new(XdsStatus::default()),
+            stale_after: Duration::from_secs(1),
+            registry_source: "test".to_string(),
+            rules_source: None,
+        }
+    }
+
+    fn options() -> ConvertOptions {
+        ConvertOptions {
+            listen: "127.0.0.1:10000".parse().unwrap(),
+            wasm_dir: PathBuf::from("/nonexistent"),
+        }
+    }
+
+    fn ep(port: u16) -> Endpoint {
+        Endpoint {
+            address: "10.0.0.1".to_string(),
+            port,
+            health: Health::Passing,
+            weight: 1,
+            warning_weight: 1,
+            zone: None,
+        }
+    }
+
+    fn changed(name: &str, instances: Option<Vec<Endpoint>>) -> RegistryEvent {
+        RegistryEvent::Changed {
+            services: BTreeMap::from([(name.to_string(), instances)]),
+            origin: "consul",
+        }
+    }
+
+    /// A published registry of `a` and `b`.
+    fn started() -> (Shared, Registry) {
+        let shared = shared();
+        let mut registry = Registry::default();
+        registry.services.insert("a".into(), vec![ep(1)]);
+        registry.services.insert("b".into(), vec![ep(2)]);
+        let update = RegistryEvent::Update {
+            registry: registry.clone(),
+            origin: "consul",
+        };
+        assert_eq!(on_registry_event(&shared, update), Change::Full);
+        publish(&shared, &options());
+        (shared, registry)
+    }
+
+    #[test]
+    fn an_instance_change_updates_only_its_services_endpoints_and_equals_a_rebuild() {
+        let (shared, mut registry) = started();
+        let before = shared.cache.default_snapshot().unwrap();
+        let Change::Services(names) =
+            on_registry_event(&shared, changed("b", Some(vec![ep(2), ep(3)])))
+        else {
+            panic!("an instance change of a known service is incremental");
+        };
+        assert_eq!(names, BTreeSet::from(["b".to_string()]));
+        publish_services(&shared, &options(), &names);
+        let after = shared.cache.default_snapshot().unwrap();
+
+        registry.services.insert("b".into(), vec![ep(2), ep(3)]);
+        let rebuilt = convert::snapshot(&registry, &Rules::default(), &options()).unwrap();
+        assert_eq!(*after, rebuilt);
+        for kind in [
+            ResourceType::Cluster,
+            ResourceType::Listener,
+            ResourceType::Route,
+        ] {
+            assert_eq!(after.version(kind), before.version(kind), "{kind:?}");
+        }
+        assert_ne!(
+            after.version(ResourceType::Endpoint),
+            before.version(ResourceType::Endpoint)
+        );
+        assert_eq!(shared.live().publishes, 2);
+        assert_eq!(shared.live().registry.as_ref(), Some(&registry));
+    }
+
+    #[test]
+    fn a_service_appearing_or_leaving_rebuilds_and_no_change_publishes_nothing() {
+        let (shared, _) = started();
+        assert_eq!(
+            on_registry_event(&shared, changed("a", Some(vec![ep(1)]))),
+            Change::None
+        );
+        assert_eq!(
+            on_registry_event(&shared, changed("zz", None)),
+            Change::None
+        );
+        assert_eq!(
+            on_registry_event(&shared, changed("c", Some(vec![ep(4)]))),
+            Change::Full
+        );
+        assert_eq!(on_registry_event(&shared, changed("a", None)), Change::Full);
+        publish(&shared, &options());
+        let snapshot = shared.cache.default_snapshot().unwrap();
+        let clusters: Vec<&str> = snapshot.set(ResourceType::Cluster).names().collect();
+        assert_eq!(clusters, vec!["b", "c"]);
+    }
+
+    #[test]
+    fn without_a_full_build_to_start_from_an_instance_change_rebuilds() {
+        let shared = shared();
+        let mut registry = Registry::default();
+        registry.services.insert("a".into(), vec![ep(1)]);
+        shared.live().registry = Some(registry);
+        publish_services(&shared, &options(), &BTreeSet::from(["a".to_string()]));
+        let snapshot = shared.cache.default_snapshot().unwrap();
+        assert_eq!(snapshot.set(ResourceType::Endpoint).len(), 1);
+        assert!(shared.live().incremental_base);
+    }
 }

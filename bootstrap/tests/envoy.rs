@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use meshguard_tests::TestUpstream;
-use support::{get, registry_yaml, start_envoy, wait_response, ControlPlane, TempDir, WAIT};
+use support::{
+    get, registry_yaml, start_envoy, start_envoy_delta, wait_response, ControlPlane, TempDir, WAIT,
+};
 
 /// Rules: `orders` limited to 3 requests a minute by the ratelimit filter and behind a breaker
 /// of the fallback filter; `inventory` plain.
@@ -97,6 +99,60 @@ fn traffic_flows_through_the_rules_filter_and_registry_changes_reach_envoy() -> 
     cp.wait_status("Envoy ACKing the new endpoints", |s| {
         acked_everything(s, "flow")
     })?;
+    Ok(())
+}
+
+#[test]
+fn delta_ads_delivers_the_snapshot_and_only_a_changed_service_to_envoy() -> Result<()> {
+    let a = TestUpstream::start_named("a")?;
+    let b = TestUpstream::start_named("b")?;
+    let dir = TempDir::new("delta")?;
+    dir.write(
+        "services.yaml",
+        &registry_yaml(&[("orders", a.port()), ("inventory", a.port())]),
+    )?;
+    dir.write("rules.yaml", "services:\n  orders: {timeout: 5s}\n")?;
+    let cp = ControlPlane::start(&dir)?;
+    let envoy = start_envoy_delta(&cp, "delta")?;
+    let status = cp.wait_status("Envoy ACKing every type over delta ADS", |s| {
+        acked_everything(s, "delta")
+    })?;
+    ensure!(status["nacks"] == 0, "{status:#}");
+    for service in ["orders", "inventory"] {
+        let r = get(&envoy, service, "/")?;
+        ensure!(
+            r.status == 200 && r.header("x-upstream") == Some("a"),
+            "{r:?}"
+        );
+    }
+    let eds_updates = |envoy: &meshguard_tests::Envoy, service: &str| -> Result<u64> {
+        let stats = envoy.admin_get(&format!(
+            "/stats?filter=^cluster\\.{service}\\.update_success$"
+        ))?;
+        stats
+            .lines()
+            .find_map(|l| l.split_once(": "))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .with_context(|| format!("no update_success for {service} in {stats:?}"))
+    };
+    let orders_before = eds_updates(&envoy, "orders")?;
+
+    // inventory moves from a to b: Envoy gets it, and orders' endpoints are not resent.
+    dir.write(
+        "services.yaml",
+        &registry_yaml(&[("orders", a.port()), ("inventory", b.port())]),
+    )?;
+    wait_response(&envoy, "inventory", "an answer from b", |r| {
+        r.header("x-upstream") == Some("b")
+    })?;
+    cp.wait_status("Envoy ACKing the new endpoints", |s| {
+        acked_everything(s, "delta")
+    })?;
+    ensure!(
+        eds_updates(&envoy, "orders")? == orders_before,
+        "orders' unchanged endpoints were sent again"
+    );
+    ensure!(get(&envoy, "orders", "/")?.header("x-upstream") == Some("a"));
     Ok(())
 }
 

@@ -7,9 +7,20 @@
 //!
 //! Availability rules: an error never changes the registry (the last good instances stay); a
 //! service whose health answer has no usable instance keeps its last good list; only a service
-//! leaving the catalog is removed. The first complete sync is published once every service has
-//! answered; every later change is published after a short coalescing delay and saved to the
-//! last-known-good file, which is served at start until Consul answers.
+//! leaving the catalog is removed. The first complete sync is published (and saved to the
+//! last-known-good file, which is served at start until Consul answers) once every service has
+//! answered; every later change is published after a short coalescing delay as a delta of the
+//! services that changed, and the file is rewritten at most once per `save_interval` by a
+//! separate task, so a change among 5,000 services costs O(that service) on its way to Envoy.
+//!
+//! Why one blocking query per service: Consul's `/v1/health/service/:s` index is that
+//! service's own (it moves only when one of its instances or checks changes), so a parked
+//! query wakes exactly when its answer changed. Consul has no blocking "which services changed"
+//! endpoint: `/v1/catalog/services` moves on registrations but not on health changes, and
+//! `/v1/health/state/any` moves on every check change of every service, so watching it means
+//! re-reading every check in the datacenter per change. The cost is one parked HTTP connection
+//! per service: a Consul agent limits them per client IP (`limits.http_max_conns_per_client`,
+//! default 200), which must be raised above the number of services watched.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -52,10 +63,13 @@ pub struct ConsulOptions {
     pub backoff_base: Duration,
     /// Backoff cap.
     pub backoff_max: Duration,
-    /// Delay that coalesces changes of many services into one publication.
+    /// Least time between two publications: a change after a quiet period is published at
+    /// once, changes arriving sooner are batched into the next publication.
     pub coalesce: Duration,
     /// Last-known-good file, if any.
     pub snapshot_path: Option<PathBuf>,
+    /// Least time between two rewrites of the last-known-good file after the first sync.
+    pub save_interval: Duration,
 }
 
 impl ConsulOptions {
@@ -75,6 +89,7 @@ impl ConsulOptions {
             backoff_max: Duration::from_secs(30),
             coalesce: Duration::from_millis(20),
             snapshot_path: None,
+            save_interval: Duration::from_secs(1),
         }
     }
 
@@ -399,6 +414,17 @@ fn seed_for(name: &str) -> u64 {
         .map_or(0, |d| u64::from(d.subsec_nanos()))
 }
 
+/// Writes the registries it receives to the last-known-good file, one at a time.
+async fn save_loop(path: PathBuf, mut registries: mpsc::Receiver<Registry>) {
+    while let Some(registry) = registries.recv().await {
+        let path = path.clone();
+        let saved = tokio::task::spawn_blocking(move || disk::save(&path, &registry)).await;
+        if let Ok(Err(err)) = saved {
+            tracing::warn!(error = %format!("{err:#}"), "could not save the last-known-good registry");
+        }
+    }
+}
+
 /// Runs the sync until `stop` turns true, reporting to `out`.
 pub async fn run(
     options: ConsulOptions,
@@ -448,10 +474,20 @@ pub async fn run(
     let mut services: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
     let mut pending: Option<BTreeSet<String>> = None; // services yet to answer the first time
     let mut synced = false;
+    let mut published = false;
     let mut dirty = false;
+    // Services changed since the last publication.
+    let mut changed: BTreeSet<String> = BTreeSet::new();
     let mut publish_at: Option<tokio::time::Instant> = None;
+    let mut last_publish: Option<tokio::time::Instant> = None;
+    let mut save_at: Option<tokio::time::Instant> = None;
+    let saver = client.options.snapshot_path.clone().map(|path| {
+        let (tx, rx) = mpsc::channel::<Registry>(1);
+        (tx, tokio::spawn(save_loop(path, rx)))
+    });
     loop {
         let deadline = publish_at;
+        let save_deadline = save_at;
         tokio::select! {
             _ = async { stop.wait_for(|s| *s).await.is_ok() } => break,
             () = async {
@@ -461,16 +497,47 @@ pub async fn run(
                 }
             } => {
                 publish_at = None;
+                last_publish = Some(tokio::time::Instant::now());
                 dirty = false;
-                let registry = Registry { services: services.clone() };
-                if let Some(path) = client.options.snapshot_path.clone() {
-                    let copy = registry.clone();
-                    let saved = tokio::task::spawn_blocking(move || disk::save(&path, &copy)).await;
-                    if let Ok(Err(err)) = saved {
-                        tracing::warn!(error = %format!("{err:#}"), "could not save the last-known-good registry");
+                if published {
+                    let delta = changed
+                        .iter()
+                        .map(|name| (name.clone(), services.get(name).cloned()))
+                        .collect();
+                    changed.clear();
+                    let _ = out.send(RegistryEvent::Changed { services: delta, origin: "consul" }).await;
+                    if saver.is_some() && save_at.is_none() {
+                        save_at = Some(tokio::time::Instant::now() + client.options.save_interval);
+                    }
+                } else {
+                    // The first sync is saved before it is served: a restart right after it
+                    // finds it on disk.
+                    published = true;
+                    changed.clear();
+                    let registry = Registry { services: services.clone() };
+                    if let Some(path) = client.options.snapshot_path.clone() {
+                        let copy = registry.clone();
+                        let saved = tokio::task::spawn_blocking(move || disk::save(&path, &copy)).await;
+                        if let Ok(Err(err)) = saved {
+                            tracing::warn!(error = %format!("{err:#}"), "could not save the last-known-good registry");
+                        }
+                    }
+                    let _ = out.send(RegistryEvent::Update { registry, origin: "consul" }).await;
+                }
+            }
+            () = async {
+                match save_deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                save_at = None;
+                if let Some((tx, _)) = &saver {
+                    // Busy saving the previous one: try again after another interval.
+                    if tx.try_send(Registry { services: services.clone() }).is_err() {
+                        save_at = Some(tokio::time::Instant::now() + client.options.save_interval);
                     }
                 }
-                let _ = out.send(RegistryEvent::Update { registry, origin: "consul" }).await;
             }
             event = events.recv() => {
                 let Some(event) = event else { break };
@@ -484,9 +551,16 @@ pub async fn run(
                             }
                             keep
                         });
-                        let before = services.len();
-                        services.retain(|name, _| names.contains(name));
-                        dirty |= services.len() != before;
+                        let gone: Vec<String> = services
+                            .keys()
+                            .filter(|name| !names.contains(*name))
+                            .cloned()
+                            .collect();
+                        for name in gone {
+                            services.remove(&name);
+                            changed.insert(name);
+                            dirty = true;
+                        }
                         for name in &names {
                             if !watches.contains_key(name) {
                                 let handle = tokio::spawn(watch_loop(
@@ -510,6 +584,7 @@ pub async fn run(
                     WatchEvent::Instances(name, endpoints) => {
                         if watches.contains_key(&name) && services.get(&name) != Some(&endpoints) {
                             services.insert(name.clone(), endpoints);
+                            changed.insert(name.clone());
                             dirty = true;
                         }
                         if let Some(waiting) = pending.as_mut() {
@@ -534,7 +609,9 @@ pub async fn run(
                     tracing::info!(services = services.len(), "consul initial sync complete");
                 }
                 if synced && dirty && publish_at.is_none() {
-                    publish_at = Some(tokio::time::Instant::now() + client.options.coalesce);
+                    let now = tokio::time::Instant::now();
+                    let earliest = last_publish.map_or(now, |t| t + client.options.coalesce);
+                    publish_at = Some(earliest.max(now));
                 }
             }
         }
@@ -542,5 +619,13 @@ pub async fn run(
     catalog.abort();
     for handle in watches.values() {
         handle.abort();
+    }
+    if let Some((tx, saving)) = saver {
+        if save_at.is_some() {
+            let _ = tx.send(Registry { services }).await;
+        }
+        // Let a save in progress finish (a half-written file is never renamed into place).
+        drop(tx);
+        let _ = saving.await;
     }
 }

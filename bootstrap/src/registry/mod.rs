@@ -74,6 +74,15 @@ pub enum RegistryEvent {
         /// Where it came from: `file`, `consul` or `disk` (the last-known-good file).
         origin: &'static str,
     },
+    /// Some services changed, from a source that sent a complete registry before: each named
+    /// service's instances now, `None` for a service that left the registry. Lets a change of
+    /// one service among thousands cost O(that service), not O(registry).
+    Changed {
+        /// New instances by service name; `None`: the service is gone.
+        services: BTreeMap<String, Option<Vec<Endpoint>>>,
+        /// Where it came from (as in `Update`).
+        origin: &'static str,
+    },
     /// The source answered; nothing changed.
     Alive,
     /// The source failed; the last good registry stays.

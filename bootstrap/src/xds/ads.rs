@@ -1,6 +1,7 @@
-//! The tonic transport: one ADS (state of the world) handler for CDS, EDS, LDS and RDS. It only
-//! moves messages between the gRPC stream, [`StreamState`] and the [`SnapshotCache`]; every
-//! protocol decision is in `stream.rs`.
+//! The tonic transport: one ADS handler for CDS, EDS, LDS and RDS, state of the world and
+//! incremental (delta). It only moves messages between the gRPC stream, [`StreamState`] or
+//! [`DeltaStreamState`] and the [`SnapshotCache`]; every protocol decision is in `stream.rs`
+//! and `delta.rs`.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -20,6 +21,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::cache::{ResourceType, SnapshotCache};
+use super::delta::DeltaStreamState;
 use super::stream::{RequestKind, StreamState};
 
 /// Responses buffered per stream before the stream task waits for Envoy to read.
@@ -124,11 +126,88 @@ impl AggregatedDiscoveryService for AdsServer {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "meshguard serves state-of-the-world ADS only",
-        ))
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(run_delta_stream(
+            inbound,
+            tx,
+            Arc::clone(&self.cache),
+            Arc::clone(&self.status),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One delta stream's loop: as [`run_stream`], with [`DeltaStreamState`].
+async fn run_delta_stream(
+    mut inbound: Streaming<DeltaDiscoveryRequest>,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    cache: Arc<SnapshotCache>,
+    status: Arc<XdsStatus>,
+) {
+    let mut state = DeltaStreamState::new();
+    let mut generations = cache.subscribe();
+    let mut registered: Option<String> = None;
+    loop {
+        tokio::select! {
+            message = inbound.message() => {
+                let request = match message {
+                    Ok(Some(request)) => request,
+                    Ok(None) => break,
+                    Err(err) => {
+                        tracing::debug!(error = %err, "delta ads stream error");
+                        break;
+                    }
+                };
+                let kind = state.on_request(&request);
+                let Some(node) = state.node_id().map(str::to_string) else {
+                    let _ = tx.send(Err(Status::invalid_argument("the first request must carry node.id"))).await;
+                    break;
+                };
+                if registered.is_none() {
+                    status.with_node(&node, |n| n.streams += 1);
+                    tracing::info!(node = %node, "delta ads stream opened");
+                    registered = Some(node.clone());
+                }
+                record_kind(&status, &node, &kind, &request.type_url, "");
+            }
+            changed = generations.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+        }
+        let Some(node) = state.node_id().map(str::to_string) else {
+            continue;
+        };
+        let Some(snapshot) = cache.snapshot_for(&node) else {
+            continue;
+        };
+        let mut closed = false;
+        for response in state.responses(&snapshot) {
+            tracing::debug!(
+                node = %node,
+                type_url = %response.type_url,
+                version = %response.system_version_info,
+                nonce = %response.nonce,
+                resources = response.resources.len(),
+                removed = response.removed_resources.len(),
+                "sending delta"
+            );
+            if tx.send(Ok(response)).await.is_err() {
+                closed = true;
+                break;
+            }
+        }
+        if closed {
+            break;
+        }
+    }
+    if let Some(node) = registered {
+        status.with_node(&node, |n| n.streams = n.streams.saturating_sub(1));
+        tracing::info!(node = %node, "delta ads stream closed");
     }
 }
 
@@ -204,9 +283,21 @@ async fn run_stream(
 }
 
 fn record(status: &XdsStatus, node: &str, kind: &RequestKind, request: &DiscoveryRequest) {
+    record_kind(status, node, kind, &request.type_url, &request.version_info);
+}
+
+/// Records what a request meant; `version_info` is what a state-of-the-world subscription
+/// says it runs (empty for delta).
+fn record_kind(
+    status: &XdsStatus,
+    node: &str,
+    kind: &RequestKind,
+    type_url: &str,
+    version_info: &str,
+) {
     match kind {
         RequestKind::Ack { version } => {
-            if let Some(t) = ResourceType::from_type_url(&request.type_url) {
+            if let Some(t) = ResourceType::from_type_url(type_url) {
                 tracing::debug!(node = %node, kind = t.short(), version = %version, "ack");
                 status.with_node(node, |n| {
                     n.acked.insert(t.short(), version.clone());
@@ -244,10 +335,10 @@ fn record(status: &XdsStatus, node: &str, kind: &RequestKind, request: &Discover
         }
         RequestKind::Subscribe => {
             // A reconnecting Envoy reports the version it runs.
-            if let Some(t) = ResourceType::from_type_url(&request.type_url) {
-                if !request.version_info.is_empty() {
+            if let Some(t) = ResourceType::from_type_url(type_url) {
+                if !version_info.is_empty() {
                     status.with_node(node, |n| {
-                        n.acked.insert(t.short(), request.version_info.clone());
+                        n.acked.insert(t.short(), version_info.to_string());
                     });
                 }
             }

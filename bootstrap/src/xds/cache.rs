@@ -1,6 +1,11 @@
 //! The snapshot cache: immutable, consistency-checked resource sets per Envoy node, versioned by
 //! a hash of their content (the go-control-plane `SnapshotCache` model). No gRPC types here: the
 //! ADS handler reads snapshots and is woken through a generation counter.
+//!
+//! Scale: resources and whole per-type sets are shared (`Arc`) between snapshots, and a set's
+//! version is the sum of its resources' digests, so [`Snapshot::with_updates`] changing one
+//! service's endpoints re-hashes and re-checks only that resource (copying the changed type's
+//! name index, not the resources).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -128,11 +133,15 @@ pub enum SnapshotError {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ResourceSet {
     version: String,
-    resources: BTreeMap<String, Resource>,
+    /// Sum (mod 2^64) of the resources' digests; the version is its hex form.
+    digest_sum: u64,
+    /// Each resource with its digest.
+    resources: BTreeMap<String, (Arc<Resource>, u64)>,
 }
 
 impl ResourceSet {
-    /// The content-hash version (16 hex digits of SHA-256 over names, type URLs and bytes).
+    /// The content-hash version: 16 hex digits of the sum of each resource's digest (SHA-256
+    /// over its name, type URL and bytes), so one resource's change is O(1) to re-version.
     pub fn version(&self) -> &str {
         &self.version
     }
@@ -154,14 +163,49 @@ impl ResourceSet {
 
     /// The resource named `name`.
     pub fn get(&self, name: &str) -> Option<&Resource> {
-        self.resources.get(name)
+        self.resources.get(name).map(|(r, _)| &**r)
+    }
+
+    /// The resource named `name` and its digest (a delta xDS resource version).
+    pub fn get_with_digest(&self, name: &str) -> Option<(&Resource, u64)> {
+        self.resources.get(name).map(|(r, d)| (&**r, *d))
+    }
+
+    /// Every resource with its digest, in name order.
+    pub fn entries(&self) -> impl Iterator<Item = (&Resource, u64)> {
+        self.resources.values().map(|(r, d)| (&**r, *d))
+    }
+
+    /// Adds or replaces `resource`, keeping the version in step.
+    fn put(&mut self, resource: Resource) {
+        let digest = resource_digest(&resource);
+        self.digest_sum = self.digest_sum.wrapping_add(digest);
+        if let Some((_, old)) = self
+            .resources
+            .insert(resource.name.clone(), (Arc::new(resource), digest))
+        {
+            self.digest_sum = self.digest_sum.wrapping_sub(old);
+        }
+        self.version = format!("{:016x}", self.digest_sum);
     }
 }
 
 /// A consistent set of resources for one node: every reference resolves.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    sets: [ResourceSet; 4],
+    sets: [Arc<ResourceSet>; 4],
+}
+
+fn check_type(kind: ResourceType, resource: &Resource) -> Result<(), SnapshotError> {
+    if resource.body.type_url == kind.type_url() {
+        Ok(())
+    } else {
+        Err(SnapshotError::WrongType {
+            kind: kind.short(),
+            name: resource.name.clone(),
+            found: resource.body.type_url.clone(),
+        })
+    }
 }
 
 impl Snapshot {
@@ -174,36 +218,66 @@ impl Snapshot {
         listeners: Vec<Resource>,
         routes: Vec<Resource>,
     ) -> Result<Self, SnapshotError> {
-        let mut sets: [ResourceSet; 4] = Default::default();
+        let mut sets: [Arc<ResourceSet>; 4] = Default::default();
         for (kind, list) in ResourceType::ALL
             .into_iter()
             .zip([clusters, endpoints, listeners, routes])
         {
-            let mut map = BTreeMap::new();
+            let mut set = ResourceSet::default();
             for resource in list {
-                if resource.body.type_url != kind.type_url() {
-                    return Err(SnapshotError::WrongType {
-                        kind: kind.short(),
-                        name: resource.name,
-                        found: resource.body.type_url,
-                    });
-                }
-                let name = resource.name.clone();
-                if map.insert(name.clone(), resource).is_some() {
+                check_type(kind, &resource)?;
+                if set.resources.contains_key(&resource.name) {
                     return Err(SnapshotError::Duplicate {
                         kind: kind.short(),
-                        name,
+                        name: resource.name,
                     });
                 }
+                set.put(resource);
             }
-            sets[kind.index()] = ResourceSet {
-                version: content_version(&map),
-                resources: map,
-            };
+            set.version = format!("{:016x}", set.digest_sum);
+            sets[kind.index()] = Arc::new(set);
         }
         let snapshot = Self { sets };
         snapshot.check_references()?;
         Ok(snapshot)
+    }
+
+    /// This snapshot with `updates` (resources of `kind`) added or replacing the resources of
+    /// the same name; every other type's set is shared, not copied. Only the updated
+    /// resources are hashed and checked: their type, and that what they refer to exists.
+    /// Nothing is removed, so no other resource's reference can dangle.
+    pub fn with_updates(
+        &self,
+        kind: ResourceType,
+        updates: Vec<Resource>,
+    ) -> Result<Self, SnapshotError> {
+        let targets = kind.referenced().map(|t| self.set(t));
+        let mut seen = std::collections::BTreeSet::new();
+        for resource in &updates {
+            check_type(kind, resource)?;
+            if !seen.insert(resource.name.as_str()) {
+                return Err(SnapshotError::Duplicate {
+                    kind: kind.short(),
+                    name: resource.name.clone(),
+                });
+            }
+            if let Some((target_kind, targets)) = kind.referenced().zip(targets) {
+                if let Some(missing) = resource.refs.iter().find(|r| targets.get(r).is_none()) {
+                    return Err(SnapshotError::Dangling {
+                        kind: kind.short(),
+                        name: resource.name.clone(),
+                        target_kind: target_kind.short(),
+                        target: missing.clone(),
+                    });
+                }
+            }
+        }
+        let mut next = self.clone();
+        let set = Arc::make_mut(&mut next.sets[kind.index()]);
+        for resource in updates {
+            set.put(resource);
+        }
+        Ok(next)
     }
 
     fn check_references(&self) -> Result<(), SnapshotError> {
@@ -212,7 +286,7 @@ impl Snapshot {
                 continue;
             };
             let targets = self.set(target_kind);
-            for resource in self.set(kind).resources.values() {
+            for (resource, _) in self.set(kind).resources.values() {
                 if let Some(missing) = resource.refs.iter().find(|r| targets.get(r).is_none()) {
                     return Err(SnapshotError::Dangling {
                         kind: kind.short(),
@@ -241,7 +315,7 @@ impl Snapshot {
     pub fn select(&self, kind: ResourceType, names: &[String]) -> Vec<&Resource> {
         let set = self.set(kind);
         if names.is_empty() || names.iter().any(|n| n == "*") {
-            set.resources.values().collect()
+            set.resources.values().map(|(r, _)| &**r).collect()
         } else {
             let mut sorted: Vec<&String> = names.iter().collect();
             sorted.sort();
@@ -251,21 +325,22 @@ impl Snapshot {
     }
 }
 
-/// 16 hex digits of SHA-256 over each resource's name, type URL and encoded bytes.
-fn content_version(resources: &BTreeMap<String, Resource>) -> String {
+/// The first 8 bytes of SHA-256 over a resource's name, type URL and encoded bytes (each
+/// length-prefixed).
+fn resource_digest(resource: &Resource) -> u64 {
     let mut hasher = Sha256::new();
-    for (name, resource) in resources {
-        for part in [
-            name.as_bytes(),
-            resource.body.type_url.as_bytes(),
-            &resource.body.value,
-        ] {
-            hasher.update((part.len() as u64).to_be_bytes());
-            hasher.update(part);
-        }
+    for part in [
+        resource.name.as_bytes(),
+        resource.body.type_url.as_bytes(),
+        &resource.body.value,
+    ] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
     }
     let digest = hasher.finalize();
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }
 
 /// Snapshots by node id, with a default for nodes that have none of their own. Every change
@@ -463,6 +538,86 @@ mod tests {
         );
         assert_eq!(named.len(), 1);
         assert_eq!(named[0].name, "a");
+    }
+
+    #[test]
+    fn an_incremental_update_equals_a_rebuild_and_moves_only_its_types_version() {
+        let before = consistent(b"c");
+        let updated = before
+            .with_updates(
+                ResourceType::Endpoint,
+                vec![res(ResourceType::Endpoint, "a", b"e2", &[])],
+            )
+            .unwrap();
+        let rebuilt = Snapshot::try_new(
+            vec![res(ResourceType::Cluster, "a", b"c", &["a"])],
+            vec![res(ResourceType::Endpoint, "a", b"e2", &[])],
+            vec![res(ResourceType::Listener, "main", b"l", &["routes"])],
+            vec![res(ResourceType::Route, "routes", b"r", &["a"])],
+        )
+        .unwrap();
+        assert_eq!(updated, rebuilt);
+        for kind in ResourceType::ALL {
+            assert_eq!(updated.version(kind), rebuilt.version(kind), "{kind:?}");
+        }
+        assert_ne!(
+            updated.version(ResourceType::Endpoint),
+            before.version(ResourceType::Endpoint)
+        );
+        assert_eq!(
+            updated.version(ResourceType::Cluster),
+            before.version(ResourceType::Cluster)
+        );
+        assert!(
+            Arc::ptr_eq(
+                &updated.sets[ResourceType::Cluster.index()],
+                &before.sets[ResourceType::Cluster.index()]
+            ),
+            "untouched sets are shared"
+        );
+        // Updating back restores the old version: it depends only on content.
+        let back = updated
+            .with_updates(
+                ResourceType::Endpoint,
+                vec![res(ResourceType::Endpoint, "a", b"e", &[])],
+            )
+            .unwrap();
+        assert_eq!(
+            back.version(ResourceType::Endpoint),
+            before.version(ResourceType::Endpoint)
+        );
+    }
+
+    #[test]
+    fn an_incremental_update_is_checked() {
+        let snap = consistent(b"c");
+        let err = snap
+            .with_updates(
+                ResourceType::Cluster,
+                vec![res(ResourceType::Cluster, "b", b"c", &["nope"])],
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, SnapshotError::Dangling { ref target, .. } if target == "nope"),
+            "{err}"
+        );
+        let err = snap
+            .with_updates(
+                ResourceType::Endpoint,
+                vec![res(ResourceType::Cluster, "a", b"c", &[])],
+            )
+            .unwrap_err();
+        assert!(matches!(err, SnapshotError::WrongType { .. }), "{err}");
+        let err = snap
+            .with_updates(
+                ResourceType::Endpoint,
+                vec![
+                    res(ResourceType::Endpoint, "a", b"1", &[]),
+                    res(ResourceType::Endpoint, "a", b"2", &[]),
+                ],
+            )
+            .unwrap_err();
+        assert!(matches!(err, SnapshotError::Duplicate { .. }), "{err}");
     }
 
     #[test]

@@ -2,4 +2,5 @@
 
 pub mod ads;
 pub mod cache;
+pub mod delta;
 pub mod stream;

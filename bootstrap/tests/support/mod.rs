@@ -257,6 +257,23 @@ pub fn start_envoy(cp: &ControlPlane, node_id: &str) -> Result<Envoy> {
     )
 }
 
+/// Envoy connected to `cp` over incremental (delta) ADS: the same bootstrap with
+/// `api_type: DELTA_GRPC`.
+pub fn start_envoy_delta(cp: &ControlPlane, node_id: &str) -> Result<Envoy> {
+    let template = include_str!("../../../envoy-configs/bootstrap-ads.yaml.tmpl");
+    anyhow::ensure!(
+        template.contains("api_type: GRPC"),
+        "the ADS bootstrap changed"
+    );
+    Envoy::start(
+        EnvoyConfig::from_template_text(template.replace("api_type: GRPC", "api_type: DELTA_GRPC"))
+            .var("NODE_ID", node_id)
+            .var("ADMIN_PORT", "0")
+            .var("XDS_ADDRESS", cp.xds.ip().to_string())
+            .var("XDS_PORT", cp.xds.port().to_string()),
+    )
+}
+
 /// `GET path` to `service` through Envoy.
 pub fn get(envoy: &Envoy, service: &str, path: &str) -> Result<Response> {
     send_with_timeout(

@@ -68,6 +68,13 @@ impl HeaderMap {
         self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
     }
 
+    /// Whether [`iter`](Self::iter) reads every pair the host declared: false when a name or
+    /// value is not UTF-8 (a client can send any octet in a value) or the map is malformed,
+    /// so a caller that must see every copy of a header can fall back to a bytes reader.
+    pub fn is_intact(&self) -> bool {
+        self.iter().count() == read_u32(&self.bytes, 0).unwrap_or(0)
+    }
+
     /// Every pair as owned strings, like the SDK's `get_http_*_headers`.
     pub fn to_vec(&self) -> Vec<(String, String)> {
         self.iter()
@@ -173,6 +180,7 @@ mod tests {
         assert_eq!(map.get("grpc-status"), None);
         assert_eq!(map.iter().count(), 4);
         assert_eq!(map.to_vec()[2], ("set-cookie".into(), "b".into()));
+        assert!(map.is_intact() && HeaderMap::default().is_intact());
     }
 
     #[test]
@@ -195,6 +203,8 @@ mod tests {
         assert_eq!(HeaderMap::from_serialized(no_nul).get("a"), None);
         let mut bad_utf8 = serialize(&[("a", "1")]);
         bad_utf8[12] = 0xff;
-        assert_eq!(HeaderMap::from_serialized(bad_utf8).iter().count(), 0);
+        let bad_utf8 = HeaderMap::from_serialized(bad_utf8);
+        assert_eq!(bad_utf8.iter().count(), 0);
+        assert!(!bad_utf8.is_intact() && !cut.is_intact());
     }
 }

@@ -4,7 +4,7 @@
 //! instance list, hands them to Envoy's override_host policy in a request header together with
 //! the retry headers of the service's mode, and on an error answers for `failsafe`/`failback`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::hash::{BuildHasher, RandomState};
 use std::rc::Rc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use log::{debug, error, info, warn};
 use meshguard_core::{key_hash, Backoff, CallResult, Recorded, SplitMix64};
 use meshguard_filter_common::{
     ensure, init_logging, parse_config, send_local_reply, sync_log_level, CasStore, Counter, Gauge,
-    HeaderMatcher, SharedData, StringMatcher, WallClock,
+    HeaderMap, HeaderMatcher, SharedData, StringMatcher, WallClock,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -58,6 +58,7 @@ fn bump(counter: Option<Counter>) {
 #[derive(Debug)]
 struct Stats {
     routed: Option<Counter>,
+    lists_adopted: Option<Counter>,
     no_instances: Option<Counter>,
     ejections: Option<Counter>,
     failsafe: Option<Counter>,
@@ -78,6 +79,7 @@ impl Stats {
         let g = |name: &str| Gauge::define(&format!("{STATS_PREFIX}.{service}.{name}"));
         Self {
             routed: c("routed"),
+            lists_adopted: c("lists_adopted"),
             no_instances: c("no_instances"),
             ejections: c("ejections"),
             failsafe: c("failsafe"),
@@ -105,6 +107,8 @@ struct Route {
     hash_on: Option<HashOn>,
     mode: Mode,
     retries: u32,
+    /// `retries` as the header value.
+    max_retries: String,
     retry_on: String,
     per_try_timeout_ms: Option<String>,
     retry_non_idempotent: bool,
@@ -117,6 +121,11 @@ struct Route {
     observes_responses: bool,
     /// Outlier ejection, latency estimates or failback need the time of the request.
     needs_clock: bool,
+    /// Least request counts requests in flight per instance.
+    tracks_in_flight: bool,
+    /// Requests routed since `stats.routed` was last flushed (on ticks: one host call per
+    /// tick instead of one per request).
+    routed_pending: Cell<u64>,
     stats: Stats,
 }
 
@@ -145,9 +154,14 @@ impl Route {
                 .map(|h| h.compile())
                 .collect::<Result<_, _>>()
                 .map_err(err)?,
-            hash_on: s.hash_on.clone(),
+            // Header names in lower case, as the request map holds them.
+            hash_on: s.hash_on.clone().map(|h| match h {
+                HashOn::Header(name) => HashOn::Header(name.to_ascii_lowercase()),
+                other => other,
+            }),
             mode: s.mode,
             retries: s.retries,
+            max_retries: s.retries.to_string(),
             retry_on: s.retry_on.join(","),
             per_try_timeout_ms: s
                 .per_try_timeout
@@ -170,22 +184,49 @@ impl Route {
             needs_clock: s.outlier.is_some()
                 || s.balancer == crate::config::Balancer::ResponseTimeWeighted
                 || s.mode == Mode::Failback,
+            tracks_in_flight: s.balancer == crate::config::Balancer::LeastRequest,
+            routed_pending: Cell::new(0),
             stats: Stats::define(&s.name),
         })
     }
 
-    fn matches(
-        &self,
-        authority: &str,
-        path: &str,
-        header: &dyn Fn(&str) -> Option<String>,
-    ) -> bool {
+    /// Adds the requests routed since the last flush to `routed`.
+    fn flush_stats(&self) {
+        let n = self.routed_pending.replace(0);
+        if n > 0 {
+            if let Some(c) = self.stats.routed {
+                c.add(n);
+            }
+        }
+    }
+
+    /// Failover with retries for idempotent methods only: the method decides.
+    fn needs_method(&self) -> bool {
+        self.mode == Mode::Failback
+            || (self.mode == Mode::Failover && self.retries > 0 && !self.retry_non_idempotent)
+    }
+
+    /// The request headers this route may read, besides `:authority` and `:path`.
+    fn header_names(&self) -> impl Iterator<Item = &str> {
+        let hashed = match &self.hash_on {
+            Some(HashOn::Header(name)) => Some(name.as_str()),
+            Some(HashOn::Cookie(_)) => Some("cookie"),
+            Some(HashOn::SourceIp) | None => None,
+        };
+        self.headers
+            .iter()
+            .map(HeaderMatcher::name)
+            .chain(hashed)
+            .chain(self.needs_method().then_some(":method"))
+    }
+
+    fn matches(&self, authority: &str, path: &str, headers: &Headers) -> bool {
         self.authority.as_ref().is_none_or(|m| m.matches(authority))
             && self.path.as_ref().is_none_or(|m| m.matches(path))
             && self
                 .headers
                 .iter()
-                .all(|h| h.matches(header(h.name()).as_deref()))
+                .all(|h| h.matches(headers.get(h.name()).as_deref()))
     }
 }
 
@@ -196,6 +237,8 @@ struct State {
     /// Some service matches on `:authority` / on `:path`.
     match_authority: bool,
     match_path: bool,
+    /// Some request header is read: read the whole map in one call (see [`Headers`]).
+    reads_headers: bool,
     override_header: String,
     pools: RefCell<Vec<Pool>>,
     queues: RefCell<Vec<Option<FailbackQueue>>>,
@@ -221,6 +264,11 @@ fn vm_identity(context_id: u32) -> u64 {
 
 impl Context for Root {
     fn on_done(&mut self) -> bool {
+        if let Some(state) = &self.state {
+            for route in &state.routes {
+                route.flush_stats();
+            }
+        }
         // Shutting down: stop polling and hand the lease on at once.
         if let Some(syncer) = self.syncer.take() {
             Lease::release(&SharedData, syncer.me());
@@ -442,6 +490,34 @@ impl Root {
     }
 }
 
+/// Takes `route`'s shared list into `pool` if its CAS token changed (one shared-data read).
+fn refresh_pool(state: &State, route: &Route, pool: &mut Pool) {
+    match pool.refresh(SharedData.get(&route.list_key), &route.policy) {
+        Ok(true) => bump(route.stats.lists_adopted),
+        Ok(false) => {}
+        Err(()) => {
+            bump(state.bad_records);
+            warn!(
+                "meshguard_router service={} unreadable shared list: keeping the previous one",
+                route.name
+            );
+        }
+    }
+}
+
+/// On a tick: the pools this VM routes with (those holding a list) take a changed shared list.
+/// Requests read shared data only while their pool is empty, so a worker routes on a list at
+/// most one tick (`consul.tick`) older than the published one; see the README's "Cost per
+/// request" for why that is acceptable.
+fn refresh_pools(state: &State) {
+    let mut pools = state.pools.borrow_mut();
+    for (route, pool) in state.routes.iter().zip(pools.iter_mut()) {
+        if !pool.instances().is_empty() {
+            refresh_pool(state, route, pool);
+        }
+    }
+}
+
 /// Where the Consul calls go (the root's copy of the config).
 #[derive(Debug, Clone)]
 struct ConsulTarget {
@@ -509,6 +585,9 @@ impl RootContext for Root {
         self.state = Some(Rc::new(State {
             match_authority: routes.iter().any(|r| r.authority.is_some()),
             match_path: routes.iter().any(|r| r.path.is_some()),
+            reads_headers: routes.iter().any(|r| {
+                r.authority.is_some() || r.path.is_some() || r.header_names().next().is_some()
+            }),
             routes,
             override_header: config.override_host_header.clone(),
             pools: RefCell::new(pools),
@@ -554,6 +633,10 @@ impl RootContext for Root {
             }
         }
         self.dispatch_resends(&state, now);
+        refresh_pools(&state);
+        for route in &state.routes {
+            route.flush_stats();
+        }
         sync_log_level();
     }
 
@@ -576,9 +659,10 @@ type Captured = (Vec<(String, String)>, Vec<u8>);
 /// What a stream remembers about its routing.
 struct Routed {
     service: usize,
-    /// The hosts handed to Envoy, in order (authorities).
+    /// The hosts handed to Envoy, in order (authorities); kept only when the response path
+    /// observes responses.
     hosts: Vec<String>,
-    /// The primary pick's instance id (requests in flight).
+    /// The primary pick's instance id (requests in flight; least request only).
     primary_id: Option<String>,
     started_at: u64,
     /// Request kept for a failback resend (`None`: not resendable).
@@ -610,6 +694,48 @@ fn header(name: &str) -> Option<String> {
         .flatten()
 }
 
+/// The request headers as this stream reads them. A configuration that reads any request
+/// header reads the whole map in one call (one round trip and one allocation, like a single
+/// value's read) and then also knows which of the headers it would remove are there at all;
+/// otherwise nothing is read and every removal is made (a host call each).
+enum Headers {
+    /// The map, read once.
+    Map(HeaderMap),
+    /// Nothing read: each value is a host call, and any header may be present.
+    Unread,
+}
+
+impl Headers {
+    fn read(whole_map: bool) -> Self {
+        if !whole_map {
+            return Self::Unread;
+        }
+        let map = HeaderMap::request_headers();
+        // A value that is not UTF-8 (or a map the host refused) hides the pairs after it: then
+        // nothing can be known absent, and single reads take over.
+        if map.iter().next().is_some() && map.is_intact() {
+            Self::Map(map)
+        } else {
+            Self::Unread
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<String> {
+        match self {
+            Self::Map(map) => map.get(name).map(str::to_string),
+            Self::Unread => header(name),
+        }
+    }
+
+    /// Whether the request may carry `name` (false only when the map says it does not).
+    fn may_have(&self, name: &str) -> bool {
+        match self {
+            Self::Map(map) => map.get(name).is_some(),
+            Self::Unread => true,
+        }
+    }
+}
+
 fn idempotent(method: &str) -> bool {
     matches!(
         method,
@@ -617,8 +743,8 @@ fn idempotent(method: &str) -> bool {
     )
 }
 
-fn cookie(name: &str) -> Option<String> {
-    let cookies = header("cookie")?;
+fn cookie(headers: &Headers, name: &str) -> Option<String> {
+    let cookies = headers.get("cookie")?;
     cookies.split(';').find_map(|c| {
         let (k, v) = c.trim().split_once('=')?;
         (k == name).then(|| v.to_string())
@@ -641,19 +767,29 @@ fn source_ip() -> Option<String> {
     Some(ip)
 }
 
+impl Stream {
+    /// Removes request header `name` unless the read map shows it is absent.
+    fn remove_request_header(&self, headers: &Headers, name: &str) {
+        if headers.may_have(name) {
+            self.set_http_request_header(name, None);
+        }
+    }
+}
+
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(state) = self.state.clone() else {
             return Action::Continue;
         };
-        // Only the pseudo-headers some service matches on are read (host calls cost).
+        // Only what some service needs is read (host calls cost), in one call.
+        let headers = Headers::read(state.reads_headers);
         let authority = if state.match_authority {
-            header(":authority").unwrap_or_default()
+            headers.get(":authority").unwrap_or_default()
         } else {
             String::new()
         };
         let full_path = if state.match_path {
-            header(":path").unwrap_or_default()
+            headers.get(":path").unwrap_or_default()
         } else {
             String::new()
         };
@@ -663,19 +799,17 @@ impl HttpContext for Stream {
         let Some(service) = state
             .routes
             .iter()
-            .position(|r| r.matches(&authority, path, &header))
+            .position(|r| r.matches(&authority, path, &headers))
         else {
             // Never client-controlled, routed or not.
-            self.set_http_request_header(&state.override_header, None);
+            self.remove_request_header(&headers, &state.override_header);
             return Action::Continue;
         };
         let Some(route) = state.routes.get(service) else {
             return Action::Continue;
         };
-        let needs_method = route.mode == Mode::Failback
-            || (route.mode == Mode::Failover && route.retries > 0 && !route.retry_non_idempotent);
-        let method = if needs_method {
-            header(":method").unwrap_or_default()
+        let method = if route.needs_method() {
+            headers.get(":method").unwrap_or_default()
         } else {
             String::new()
         };
@@ -688,8 +822,8 @@ impl HttpContext for Stream {
             1
         };
         let key = match &route.hash_on {
-            Some(HashOn::Header(name)) => header(name),
-            Some(HashOn::Cookie(name)) => cookie(name),
+            Some(HashOn::Header(name)) => headers.get(name),
+            Some(HashOn::Cookie(name)) => cookie(&headers, name),
             Some(HashOn::SourceIp) => source_ip(),
             None => None,
         }
@@ -700,62 +834,70 @@ impl HttpContext for Stream {
         } else {
             0
         };
-        let (hosts, primary_id) = {
+        let (value, hosts, primary_id) = {
             let mut pools = state.pools.borrow_mut();
             let Some(pool) = pools.get_mut(service) else {
                 return Action::Continue;
             };
-            if pool
-                .refresh(SharedData.get(&route.list_key), &route.policy)
-                .is_err()
-            {
-                bump(state.bad_records);
-                warn!(
-                    "meshguard_router service={} unreadable shared list: keeping the previous one",
-                    route.name
-                );
+            // Shared data is read here only until this VM has a list; then on ticks.
+            if pool.instances().is_empty() {
+                refresh_pool(&state, route, pool);
             }
             let mut rng = state.rng.borrow_mut();
             let picks = pool.pick(&route.policy, key, wanted, now, &mut *rng);
-            if let Some(&first) = picks.first() {
-                pool.started(first);
+            let primary_id = if route.tracks_in_flight {
+                picks.first().and_then(|&first| {
+                    pool.started(first);
+                    pool.instances().get(first).map(|x| x.id().to_string())
+                })
+            } else {
+                None
+            };
+            // The header value `IP:port,IP:port`; the list itself only for the response path.
+            let mut value = String::with_capacity(picks.len() * 22);
+            let mut hosts = Vec::new();
+            for authority in picks.iter().filter_map(|&i| pool.authority(i)) {
+                if !value.is_empty() {
+                    value.push(',');
+                }
+                value.push_str(authority);
+                if route.observes_responses {
+                    hosts.push(authority.to_string());
+                }
             }
-            let primary_id = picks
-                .first()
-                .and_then(|&i| pool.instances().get(i))
-                .map(|x| x.id().to_string());
-            let hosts: Vec<String> = picks
-                .iter()
-                .filter_map(|&i| pool.authority(i).map(str::to_string))
-                .collect();
-            (hosts, primary_id)
+            (value, hosts, primary_id)
         };
-        if hosts.is_empty() {
-            self.set_http_request_header(&state.override_header, None);
+        if value.is_empty() {
+            self.remove_request_header(&headers, &state.override_header);
             bump(route.stats.no_instances);
             debug!(
                 "meshguard_router service={} no instance known yet: Envoy's fallback policy picks",
                 route.name
             );
         } else {
-            bump(route.stats.routed);
-            self.set_http_request_header(&state.override_header, Some(&hosts.join(",")));
+            route
+                .routed_pending
+                .set(route.routed_pending.get().saturating_add(1));
+            self.set_http_request_header(&state.override_header, Some(&value));
         }
         if may_retry {
-            self.set_http_request_header(MAX_RETRIES_HEADER, Some(&route.retries.to_string()));
+            self.set_http_request_header(MAX_RETRIES_HEADER, Some(&route.max_retries));
             self.set_http_request_header(RETRY_ON_HEADER, Some(&route.retry_on));
-            self.set_http_request_header(
-                PER_TRY_TIMEOUT_HEADER,
-                route.per_try_timeout_ms.as_deref(),
-            );
+            match route.per_try_timeout_ms.as_deref() {
+                Some(ms) => self.set_http_request_header(PER_TRY_TIMEOUT_HEADER, Some(ms)),
+                None => self.remove_request_header(&headers, PER_TRY_TIMEOUT_HEADER),
+            }
         } else {
             self.set_http_request_header(MAX_RETRIES_HEADER, Some("0"));
-            self.set_http_request_header(RETRY_ON_HEADER, None);
-            self.set_http_request_header(PER_TRY_TIMEOUT_HEADER, None);
+            self.remove_request_header(&headers, RETRY_ON_HEADER);
+            self.remove_request_header(&headers, PER_TRY_TIMEOUT_HEADER);
         }
         let resend = (route.mode == Mode::Failback && idempotent(&method)).then(|| {
-            let headers = self
-                .get_http_request_headers()
+            let all = match &headers {
+                Headers::Map(map) => map.to_vec(),
+                Headers::Unread => self.get_http_request_headers(),
+            };
+            let headers = all
                 .into_iter()
                 .filter(|(k, _)| {
                     !k.eq_ignore_ascii_case(&state.override_header)

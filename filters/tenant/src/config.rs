@@ -209,6 +209,11 @@ pub(crate) struct Settings {
     pub tenant_header: String,
     pub reason_header: String,
     pub sources: Vec<IdentitySource>,
+    /// A `spiffe` source is configured: the peer's URI SAN is read.
+    pub reads_uri_san: bool,
+    /// A `trusted_header` source is configured: `source.address` is read when the request
+    /// carries the tenant header.
+    pub reads_source_address: bool,
     /// The JWT claim's property path, if a `jwt_claim` source is configured.
     pub jwt_path: Option<Vec<String>>,
     pub no_identity: NoIdentityPolicy,
@@ -377,10 +382,18 @@ impl Config {
             None => None,
             Some(c) => Some(c.compile().map_err(|e| e.in_field("consul"))?),
         };
+        let reads_uri_san = sources
+            .iter()
+            .any(|s| matches!(s, IdentitySource::SpiffeSan(_)));
+        let reads_source_address = sources
+            .iter()
+            .any(|s| matches!(s, IdentitySource::TrustedHeader(_)));
         Ok(Settings {
             tenant_header: self.tenant_header.clone(),
             reason_header: self.reason_header.clone(),
             sources,
+            reads_uri_san,
+            reads_source_address,
             jwt_path,
             no_identity,
             service_tenants,

@@ -4,9 +4,11 @@
 //! classifies and scopes the API call (core's route, bexpr and body functions), buffering the
 //! registration body and the `/v1/catalog/services` response body where it must rewrite them.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::time::Duration;
 
 use log::{debug, error, warn};
 use meshguard_core::{
@@ -15,11 +17,11 @@ use meshguard_core::{
     DenyReason, RequestFacts, Resolution, SourceKind, TenantName, MAX_REGISTRATION_LEN,
 };
 use meshguard_filter_common::{
-    init_logging, parse_config, send_local_reply, sync_log_level, Counter,
+    init_logging, parse_config, send_local_reply, sync_log_level, Counter, HeaderMap,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
+use proxy_wasm::types::{Action, ContextType, MapType};
 
 use crate::config::{Config, ConsulPolicy, Destination, NoIdentityPolicy, Settings, REGISTRY_KEY};
 use crate::policy::{
@@ -28,8 +30,10 @@ use crate::policy::{
 
 /// Prefix of every stat: Envoy shows `wasmcustom.meshguard_tenant.<counter>`.
 const STATS_PREFIX: &str = "meshguard_tenant";
-/// Decisions between two reads of Envoy's log level (it can change at run time).
-const LOG_LEVEL_REFRESH: u32 = 256;
+/// How often each VM re-reads Envoy's log level (it can change at run time) and the registry
+/// map, and adds the requests it allowed since the last time to the `allowed` counter: all off
+/// the request path.
+const TICK: Duration = Duration::from_secs(1);
 /// What Envoy calls the mTLS peer's first URI SAN.
 const URI_SAN: [&str; 2] = ["connection", "uri_san_peer_certificate"];
 /// The downstream peer address (`ip:port`).
@@ -90,9 +94,11 @@ fn bump(counter: Option<Counter>) {
     }
 }
 
-/// The registry's map as last parsed in this VM, with the shared-data CAS token it had.
+/// The registry's map as last read in this VM, with the shared-data CAS token it had.
 #[derive(Debug, Default)]
 struct RegistryCache {
+    /// Shared data was read once: from then on the tick keeps the map fresh.
+    loaded: bool,
     cas: Option<u32>,
     map: Rc<BTreeMap<String, String>>,
 }
@@ -103,20 +109,37 @@ struct State {
     settings: Settings,
     stats: Stats,
     registry: RefCell<RegistryCache>,
-    decisions: Cell<u32>,
+    /// Requests allowed since `stats.allowed` was last updated (see [`TICK`]).
+    allowed: Cell<u64>,
 }
 
 impl State {
-    /// The registry map from shared data, re-parsed only when its CAS token changed.
+    /// The registry map: read from shared data the first time a request needs it, then
+    /// refreshed on each tick ([`State::reload_registry`]), so requests never copy it.
     fn registry(&self) -> Rc<BTreeMap<String, String>> {
         if !self.settings.registry {
             return Rc::default();
         }
-        let (value, cas) = match hostcalls::get_shared_data(REGISTRY_KEY) {
-            Ok((value, Some(cas))) => (value, cas),
-            Ok((_, None)) | Err(_) => return Rc::default(),
-        };
+        if !self.registry.borrow().loaded {
+            self.reload_registry();
+        }
+        Rc::clone(&self.registry.borrow().map)
+    }
+
+    /// Reads the registry map from shared data (one host call and a copy of the map) and
+    /// parses it only when its CAS token changed; no entry means an empty map.
+    fn reload_registry(&self) {
+        let read = hostcalls::get_shared_data(REGISTRY_KEY);
         let mut cache = self.registry.borrow_mut();
+        cache.loaded = true;
+        let (value, cas) = match read {
+            Ok((value, Some(cas))) => (value, cas),
+            Ok((_, None)) | Err(_) => {
+                cache.cas = None;
+                cache.map = Rc::default();
+                return;
+            }
+        };
         if cache.cas != Some(cas) {
             let map = match parse_registry(value.as_deref().unwrap_or_default()) {
                 Ok(map) => map,
@@ -126,12 +149,9 @@ impl State {
                     BTreeMap::new()
                 }
             };
-            *cache = RegistryCache {
-                cas: Some(cas),
-                map: Rc::new(map),
-            };
+            cache.cas = Some(cas);
+            cache.map = Rc::new(map);
         }
-        Rc::clone(&cache.map)
     }
 
     /// The tenant owning `service`: the static map first, then the registry's.
@@ -151,12 +171,16 @@ impl State {
         owners
     }
 
-    /// Re-reads Envoy's log level every [`LOG_LEVEL_REFRESH`] decisions.
-    fn refresh_log_level(&self) {
-        let n = self.decisions.get().wrapping_add(1);
-        self.decisions.set(n);
-        if n.is_multiple_of(LOG_LEVEL_REFRESH) {
-            sync_log_level();
+    /// Counts an allowed request; [`State::flush`] hands the count to the host.
+    fn count_allowed(&self) {
+        self.allowed.set(self.allowed.get().saturating_add(1));
+    }
+
+    /// Adds the requests allowed since the last flush to `stats.allowed` (one host call).
+    fn flush(&self) {
+        let n = self.allowed.replace(0);
+        if let (Some(counter), true) = (self.stats.allowed, n > 0) {
+            counter.add(n);
         }
     }
 }
@@ -165,7 +189,14 @@ struct Root {
     state: Option<Rc<State>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        if let Some(state) = &self.state {
+            state.flush();
+        }
+        true
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -188,9 +219,21 @@ impl RootContext for Root {
             settings,
             stats: Stats::define(),
             registry: RefCell::default(),
-            decisions: Cell::new(0),
+            allowed: Cell::new(0),
         }));
+        self.set_tick_period(TICK);
         true
+    }
+
+    fn on_tick(&mut self) {
+        sync_log_level();
+        if let Some(state) = &self.state {
+            state.flush();
+            // Only a VM whose requests needed the map keeps it fresh.
+            if state.registry.borrow().loaded {
+                state.reload_registry();
+            }
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -198,6 +241,7 @@ impl RootContext for Root {
             state: self.state.clone(),
             tenant: None,
             pending: Pending::None,
+            cluster: None,
         }))
     }
 
@@ -239,6 +283,8 @@ struct Stream {
     state: Option<Rc<State>>,
     tenant: Option<TenantName>,
     pending: Pending,
+    /// `xds.cluster_name`, once read (the Consul check and the cross-tenant check share it).
+    cluster: Option<Option<String>>,
 }
 
 fn property(path: &[&str]) -> Option<String> {
@@ -249,6 +295,13 @@ fn property(path: &[&str]) -> Option<String> {
 }
 
 impl Stream {
+    /// The routed cluster's name, read from the host at most once per request.
+    fn cluster_name(&mut self) -> Option<&str> {
+        self.cluster
+            .get_or_insert_with(|| property(&CLUSTER_NAME))
+            .as_deref()
+    }
+
     fn deny(&self, state: &State, deny: &Deny) -> Action {
         bump(deny.counter);
         let reason = header_safe(&deny.reason);
@@ -269,32 +322,43 @@ impl Stream {
     }
 
     /// The verified tenant, after the tenant header was replaced; `Err` to deny.
+    ///
+    /// Host calls on the common path (a trusted header naming a valid tenant): one read of the
+    /// request headers and one of `source.address`; the header is left alone when it already
+    /// is exactly the verified tenant.
     fn establish_tenant(
         &mut self,
         state: &State,
     ) -> Result<(TenantName, Option<SourceKind>), Deny> {
         let settings = &state.settings;
-        let headers = self.get_http_request_headers();
         let header = settings.tenant_header.as_str();
-        let values: Vec<&str> = headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(header))
-            .map(|(_, v)| v.as_str())
-            .collect();
-        let uri_san = settings
-            .sources
-            .iter()
-            .any(|s| matches!(s, meshguard_core::IdentitySource::SpiffeSan(_)))
-            .then(|| property(&URI_SAN))
-            .flatten();
+        // One host call, read in place. A client may send any octet in a value; when one is
+        // not UTF-8 the in-place reader stops there, so the SDK's bytes reader (names are
+        // tokens, always ASCII) reads the map again and every copy of the header is seen.
+        let headers = HeaderMap::request_headers();
+        let bytes_map;
+        let copies: Vec<(&str, Cow<'_, str>)> = if headers.is_intact() {
+            headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(header))
+                .map(|(k, v)| (k, Cow::Borrowed(v)))
+                .collect()
+        } else {
+            bytes_map = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+            bytes_map
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(header))
+                .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v)))
+                .collect()
+        };
+        let values: Vec<&str> = copies.iter().map(|(_, v)| v.as_ref()).collect();
+        let uri_san = settings.reads_uri_san.then(|| property(&URI_SAN)).flatten();
         let jwt = settings.jwt_path.as_ref().and_then(|path| {
             let path: Vec<&str> = path.iter().map(String::as_str).collect();
             property(&path)
         });
-        let source = settings
-            .sources
-            .iter()
-            .any(|s| matches!(s, meshguard_core::IdentitySource::TrustedHeader(_)))
+        // A trusted-header source only needs the address when there is a header to trust.
+        let source = (settings.reads_source_address && !values.is_empty())
             .then(|| property(&SOURCE_ADDRESS))
             .flatten();
         let facts = RequestFacts {
@@ -304,20 +368,6 @@ impl Stream {
             source_address: source.as_deref(),
         };
         let resolution = resolve(&settings.sources, &facts);
-        // Every client copy goes, whatever the outcome. Envoy's codecs lowercase names, so
-        // the replace below (`proxy_replace_header_map_value` drops every value) covers them
-        // all; another spelling could only come from a host that keeps case: remove it too.
-        // A denied request is answered locally and never forwarded.
-        let mut removed: Vec<&str> = Vec::new();
-        for (k, _) in headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(header))
-        {
-            if k != header && !removed.contains(&k.as_str()) {
-                self.set_http_request_header(k, None);
-                removed.push(k);
-            }
-        }
         let trusted = matches!(
             resolution,
             Resolution::Resolved {
@@ -356,16 +406,35 @@ impl Stream {
                 }
             },
         };
-        self.set_http_request_header(header, Some(tenant.as_str()));
+        // Every client copy goes (a denied request is answered locally, never forwarded).
+        // The one case that needs no call: a single copy, spelled as configured, that already
+        // is the verified tenant (a trusted header, or a client that sent its own tenant).
+        let in_place = matches!(
+            copies.as_slice(),
+            [(name, value)] if *name == header && value.as_ref() == tenant.as_str()
+        );
+        if !in_place {
+            // Envoy's codecs lowercase names, so the replace below
+            // (`proxy_replace_header_map_value` drops every value) covers them all; another
+            // spelling could only come from a host that keeps case: remove it too.
+            let mut removed: Vec<&str> = Vec::new();
+            for (name, _) in &copies {
+                if *name != header && !removed.contains(name) {
+                    self.set_http_request_header(name, None);
+                    removed.push(name);
+                }
+            }
+            self.set_http_request_header(header, Some(tenant.as_str()));
+        }
         Ok((tenant, source))
     }
 
-    fn check_cross_tenant(&self, state: &State, tenant: &TenantName) -> Result<(), Deny> {
+    fn check_cross_tenant(&mut self, state: &State, tenant: &TenantName) -> Result<(), Deny> {
         let Some(policy) = &state.settings.cross_tenant else {
             return Ok(());
         };
         let service = match &policy.destination {
-            Destination::ClusterName => property(&CLUSTER_NAME),
+            Destination::ClusterName => self.cluster_name().map(str::to_owned),
             Destination::RouteName => property(&ROUTE_NAME),
             Destination::Authority { strip_suffixes } => self
                 .get_http_request_header(":authority")
@@ -398,9 +467,11 @@ impl Stream {
     }
 
     /// Whether this request goes to Consul's API under `policy`.
-    fn is_consul_request(policy: &ConsulPolicy) -> bool {
+    fn is_consul_request(&mut self, policy: &ConsulPolicy) -> bool {
         policy.clusters.is_empty()
-            || property(&CLUSTER_NAME).is_some_and(|c| policy.clusters.contains(&c))
+            || self
+                .cluster_name()
+                .is_some_and(|c| policy.clusters.iter().any(|p| p == c))
     }
 
     /// Classifies a Consul API call, checks it against the tenant and rewrites its path, query
@@ -504,12 +575,12 @@ impl Stream {
         let (tenant, source) = self.establish_tenant(state)?;
         self.tenant = Some(tenant.clone());
         match &state.settings.consul {
-            Some(policy) if Self::is_consul_request(policy) => {
+            Some(policy) if self.is_consul_request(policy) => {
                 self.scope_consul(state, policy, &tenant, end_of_stream)?;
             }
             _ => {
                 self.check_cross_tenant(state, &tenant)?;
-                bump(state.stats.allowed);
+                state.count_allowed();
                 debug!(
                     "tenant decision=allow tenant={tenant} source={}",
                     source.map_or_else(|| "anonymous".to_owned(), |s| s.to_string())
@@ -527,7 +598,6 @@ impl HttpContext for Stream {
         let Some(state) = self.state.clone() else {
             return Action::Continue;
         };
-        state.refresh_log_level();
         match self.on_request_headers(&state, end_of_stream) {
             Ok(()) => Action::Continue,
             Err(deny) => self.deny(&state, &deny),

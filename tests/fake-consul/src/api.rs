@@ -11,7 +11,7 @@ use crate::duration::parse_go_duration;
 use crate::http::Response;
 use crate::model::{Fault, Health, Instance, RecordedRequest, Weights};
 use crate::server::Shared;
-use crate::state::{self, Check, State};
+use crate::state::{self, Check, State, WaitKey};
 
 /// Answers `req`. `None`: the request was abandoned (the fake stopped listening).
 pub(crate) fn route(
@@ -135,9 +135,15 @@ impl Ctx<'_> {
         }
     }
 
-    /// A read: validates `dc`, `index` and `wait`, blocks while the index is not past the
-    /// request's `index`, renders, and adds Consul's index and leader headers.
-    fn read(&self, render: impl FnOnce(&State) -> Rendered) -> Option<Response> {
+    /// A read of what `index_of` measures (woken by writes touching `key`): validates `dc`,
+    /// `index` and `wait`, blocks while that index is not past the request's `index`,
+    /// renders, and adds Consul's index and leader headers.
+    fn read(
+        &self,
+        key: &WaitKey,
+        index_of: impl Fn(&State) -> u64,
+        render: impl FnOnce(&State) -> Rendered,
+    ) -> Option<Response> {
         if let Err(e) = self.check_dc() {
             return Some(e);
         }
@@ -161,11 +167,12 @@ impl Ctx<'_> {
             Some(Fault::IndexGoesBackwards | Fault::IndexZero)
         );
         let state = if min_index > 0 && !index_fault {
-            self.sh.block(wait, self.epoch, |s| s.index > min_index)?
+            self.sh
+                .block(wait, self.epoch, Some(key), |s| index_of(s) > min_index)?
         } else {
             self.sh.lock()
         };
-        let index = state.index;
+        let index = index_of(&state);
         let rendered = render(&state);
         drop(state);
         Some(match rendered {
@@ -191,19 +198,23 @@ impl Ctx<'_> {
             Err(e) => return Some(e),
         };
         let tags = self.tags();
-        self.read(|st| {
-            let mut out = Vec::new();
-            for s in st.instances_of(name) {
-                if (passing && !state::all_passing(s)) || !has_tags(&s.instance, &tags) {
-                    continue;
+        self.read(
+            &service_key(name),
+            |st| st.index_of_service(name),
+            |st| {
+                let mut out = Vec::new();
+                for s in st.instances_of(name) {
+                    if (passing && !state::all_passing(s)) || !has_tags(&s.instance, &tags) {
+                        continue;
+                    }
+                    let entry = state::health_entry(s);
+                    if keep(filter.as_ref(), &entry)? {
+                        out.push(entry);
+                    }
                 }
-                let entry = state::health_entry(s);
-                if keep(filter.as_ref(), &entry)? {
-                    out.push(entry);
-                }
-            }
-            Ok(Response::json(&Value::Array(out)))
-        })
+                Ok(Response::json(&Value::Array(out)))
+            },
+        )
     }
 
     fn health_checks(&self, name: &str) -> Option<Response> {
@@ -214,17 +225,21 @@ impl Ctx<'_> {
             Ok(f) => f,
             Err(e) => return Some(e),
         };
-        self.read(|st| {
-            let mut out = Vec::new();
-            for s in st.instances_of(name) {
-                for check in state::service_checks_json(s) {
-                    if keep(filter.as_ref(), &check)? {
-                        out.push(check);
+        self.read(
+            &service_key(name),
+            |st| st.index_of_service(name),
+            |st| {
+                let mut out = Vec::new();
+                for s in st.instances_of(name) {
+                    for check in state::service_checks_json(s) {
+                        if keep(filter.as_ref(), &check)? {
+                            out.push(check);
+                        }
                     }
                 }
-            }
-            Ok(Response::json(&Value::Array(out)))
-        })
+                Ok(Response::json(&Value::Array(out)))
+            },
+        )
     }
 
     fn catalog_service(&self, name: &str) -> Option<Response> {
@@ -236,19 +251,23 @@ impl Ctx<'_> {
             Err(e) => return Some(e),
         };
         let tags = self.tags();
-        self.read(|st| {
-            let mut out = Vec::new();
-            for s in st.instances_of(name) {
-                if !has_tags(&s.instance, &tags) {
-                    continue;
+        self.read(
+            &service_key(name),
+            |st| st.index_of_service(name),
+            |st| {
+                let mut out = Vec::new();
+                for s in st.instances_of(name) {
+                    if !has_tags(&s.instance, &tags) {
+                        continue;
+                    }
+                    let entry = state::catalog_entry(s);
+                    if keep(filter.as_ref(), &entry)? {
+                        out.push(entry);
+                    }
                 }
-                let entry = state::catalog_entry(s);
-                if keep(filter.as_ref(), &entry)? {
-                    out.push(entry);
-                }
-            }
-            Ok(Response::json(&Value::Array(out)))
-        })
+                Ok(Response::json(&Value::Array(out)))
+            },
+        )
     }
 
     fn catalog_services(&self) -> Option<Response> {
@@ -256,21 +275,29 @@ impl Ctx<'_> {
             Ok(f) => f,
             Err(e) => return Some(e),
         };
-        self.read(|st| {
-            let mut error = None;
-            let body =
-                st.catalog_services(|s| match keep(filter.as_ref(), &state::catalog_entry(s)) {
-                    Ok(k) => k,
-                    Err(e) => {
-                        error.get_or_insert(e);
-                        false
-                    }
+        self.read(
+            &WaitKey::Catalog,
+            |st| st.services_index,
+            |st| {
+                let mut error = None;
+                // The entry is rendered only to evaluate a filter: without one, listing 50,000
+                // instances stays cheap (it runs under the state lock).
+                let body = st.catalog_services(|s| match filter.as_ref() {
+                    None => true,
+                    Some(f) => match keep(Some(f), &state::catalog_entry(s)) {
+                        Ok(k) => k,
+                        Err(e) => {
+                            error.get_or_insert(e);
+                            false
+                        }
+                    },
                 });
-            match error {
-                Some(e) => Err(e),
-                None => Ok(Response::json(&body)),
-            }
-        })
+                match error {
+                    Some(e) => Err(e),
+                    None => Ok(Response::json(&body)),
+                }
+            },
+        )
     }
 
     /// Every `?tag=` value (all must be present on an instance).
@@ -291,50 +318,54 @@ impl Ctx<'_> {
             return Some(Response::text(400, "Invalid value for a flag"));
         };
         let separator = self.req.query_param("separator").unwrap_or_default();
-        self.read(|st| {
-            if keys {
-                let mut listed: Vec<String> = Vec::new();
-                for k in st.kv.keys().filter(|k| k.starts_with(key)) {
-                    let rest = k.get(key.len()..).unwrap_or_default();
-                    let shown = match (!separator.is_empty())
-                        .then(|| rest.find(separator))
-                        .flatten()
-                    {
-                        Some(at) => {
-                            format!("{key}{}", rest.get(..at + separator.len()).unwrap_or(rest))
+        self.read(
+            &WaitKey::Kv,
+            |st| st.kv_index,
+            |st| {
+                if keys {
+                    let mut listed: Vec<String> = Vec::new();
+                    for k in st.kv.keys().filter(|k| k.starts_with(key)) {
+                        let rest = k.get(key.len()..).unwrap_or_default();
+                        let shown = match (!separator.is_empty())
+                            .then(|| rest.find(separator))
+                            .flatten()
+                        {
+                            Some(at) => {
+                                format!("{key}{}", rest.get(..at + separator.len()).unwrap_or(rest))
+                            }
+                            None => k.clone(),
+                        };
+                        if listed.last() != Some(&shown) {
+                            listed.push(shown);
                         }
-                        None => k.clone(),
-                    };
-                    if listed.last() != Some(&shown) {
-                        listed.push(shown);
                     }
+                    return found(!listed.is_empty(), || Response::json(&json!(listed)));
                 }
-                return found(!listed.is_empty(), || Response::json(&json!(listed)));
-            }
-            if recurse {
-                let entries: Vec<Value> = st
-                    .kv
-                    .iter()
-                    .filter(|(k, _)| k.starts_with(key))
-                    .map(|(k, e)| state::kv_json(k, e))
-                    .collect();
-                return found(!entries.is_empty(), || {
-                    Response::json(&Value::Array(entries.clone()))
-                });
-            }
-            let Some(entry) = st.kv.get(key) else {
-                return found(false, || Response::text(404, ""));
-            };
-            if raw {
-                Ok(Response::new(
-                    200,
-                    "text/plain; charset=utf-8",
-                    entry.value.clone(),
-                ))
-            } else {
-                Ok(Response::json(&json!([state::kv_json(key, entry)])))
-            }
-        })
+                if recurse {
+                    let entries: Vec<Value> = st
+                        .kv
+                        .iter()
+                        .filter(|(k, _)| k.starts_with(key))
+                        .map(|(k, e)| state::kv_json(k, e))
+                        .collect();
+                    return found(!entries.is_empty(), || {
+                        Response::json(&Value::Array(entries.clone()))
+                    });
+                }
+                let Some(entry) = st.kv.get(key) else {
+                    return found(false, || Response::text(404, ""));
+                };
+                if raw {
+                    Ok(Response::new(
+                        200,
+                        "text/plain; charset=utf-8",
+                        entry.value.clone(),
+                    ))
+                } else {
+                    Ok(Response::json(&json!([state::kv_json(key, entry)])))
+                }
+            },
+        )
     }
 
     fn kv_put(&self, key: &str) -> Response {
@@ -417,6 +448,10 @@ impl Ctx<'_> {
             Response::text(404, format!("Unknown check ID {id:?}. Ensure that the check ID is passed, not the check name."))
         }
     }
+}
+
+fn service_key(name: &str) -> WaitKey {
+    WaitKey::Service(name.to_owned())
 }
 
 /// A 404 (with the index headers, as Consul sends) when nothing was found.

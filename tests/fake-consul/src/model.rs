@@ -177,7 +177,9 @@ pub struct Options {
     pub max_header_bytes: usize,
     /// Largest request body, in bytes; more answers 413. Default 1 MiB.
     pub max_body_bytes: usize,
-    /// Most connections served at once; more are closed at once. Default 256.
+    /// Most connections served at once; more are closed at once. Default 256 (a Consul
+    /// agent's `limits.http_max_conns_per_client` defaults to 200 per client IP; a client
+    /// holding one blocking query per service needs it raised above its service count).
     pub max_connections: usize,
     /// Most requests kept for [`crate::FakeConsul::requests`]; the oldest are dropped
     /// first. Default 100 000.

@@ -1,6 +1,10 @@
-//! The server: a listener thread, one thread per connection, state behind one mutex, and a
-//! condvar that every write notifies (blocking queries and fault delays wait on it, so they
-//! wake on a change, on `stop_listening` and on drop, never by polling).
+//! The server: a listener thread, one thread per connection, state behind one mutex, and
+//! condvars that writes notify (blocking queries and fault delays wait on them, so they wake
+//! on a change, on `stop_listening` and on drop, never by polling). A blocking query waits on
+//! the shard of what it reads (one service, the catalog, KV) and a write notifies only the
+//! shards of what it touched, so one change among thousands of parked queries wakes a handful
+//! of threads, not all of them. Connection threads get small stacks: 5,000 parked blocking
+//! queries (one per watched service) cost 5,000 mostly idle threads.
 
 use std::collections::HashMap;
 use std::io::BufReader;
@@ -15,13 +19,21 @@ use anyhow::Context as _;
 use crate::api;
 use crate::http::{self, ReadError, Response};
 use crate::model::{Fault, Health, Instance, Options, RecordedRequest};
-use crate::state::State;
+use crate::state::{State, WaitKey};
+
+/// Condvars blocking queries are spread over by what they read.
+const SHARDS: usize = 512;
+/// Stack size of a connection thread (requests are parsed and answered without recursion
+/// deeper than the bounded filter parser).
+const CONN_STACK_BYTES: usize = 512 * 1024;
 
 /// What the connection threads share with the handle.
 pub(crate) struct Shared {
     state: Mutex<State>,
-    /// Notified on every state change (and on stop and drop).
+    /// Notified on every state change (and on stop and drop): fault delays wait on it.
     changed: Condvar,
+    /// Notified when a write touches a key hashing to the shard (all on stop and drop).
+    shards: Vec<Condvar>,
     /// Notified on every recorded request.
     recorded: Condvar,
     pub(crate) opts: Options,
@@ -37,21 +49,44 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs a write and wakes every waiter.
+    /// Runs a write and wakes the waiters on what it touched (everyone when it stopped the
+    /// fake or moved the epoch).
     pub(crate) fn write<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        let out = f(&mut self.lock());
+        let mut state = self.lock();
+        let before = (state.epoch, state.shutdown);
+        let out = f(&mut state);
+        let everyone = before != (state.epoch, state.shutdown);
+        let touched = std::mem::take(&mut state.touched);
+        drop(state);
         self.changed.notify_all();
+        if everyone {
+            self.shards.iter().for_each(Condvar::notify_all);
+        } else {
+            let mut woken: Vec<usize> = touched.iter().map(shard_of).collect();
+            woken.sort_unstable();
+            woken.dedup();
+            for shard in woken {
+                if let Some(c) = self.shards.get(shard) {
+                    c.notify_all();
+                }
+            }
+        }
         out
     }
 
-    /// Waits until `done(state)`, or `timeout` passes. `None` when the request must be
-    /// abandoned: the fake stopped listening (epoch moved on) or is dropped.
+    /// Waits until `done(state)`, or `timeout` passes, woken by writes touching `key` (by
+    /// every write when `None`). `None` when the request must be abandoned: the fake stopped
+    /// listening (epoch moved on) or is dropped.
     pub(crate) fn block(
         &self,
         timeout: Duration,
         epoch: u64,
+        key: Option<&WaitKey>,
         done: impl Fn(&State) -> bool,
     ) -> Option<MutexGuard<'_, State>> {
+        let condvar = key
+            .and_then(|k| self.shards.get(shard_of(k)))
+            .unwrap_or(&self.changed);
         let deadline = Instant::now().checked_add(timeout);
         let mut guard = self.lock();
         loop {
@@ -68,13 +103,26 @@ impl Shared {
             if left.is_zero() {
                 return Some(guard);
             }
-            guard = self
-                .changed
+            guard = condvar
                 .wait_timeout(guard, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
     }
+}
+
+/// The condvar shard of a wait key (FNV-1a over the key).
+fn shard_of(key: &WaitKey) -> usize {
+    let (tag, text) = match key {
+        WaitKey::Service(name) => (0u8, name.as_str()),
+        WaitKey::Catalog => (1, ""),
+        WaitKey::Kv => (2, ""),
+    };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in std::iter::once(tag).chain(text.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    usize::try_from(h % SHARDS as u64).unwrap_or(0)
 }
 
 /// A running listener: its stop flag and thread.
@@ -107,14 +155,15 @@ impl FakeConsul {
 
     /// Starts a fake on a free port of 127.0.0.1.
     pub fn start_with(opts: Options) -> anyhow::Result<FakeConsul> {
-        let listener =
-            TcpListener::bind("127.0.0.1:0").context("binding the fake consul listener")?;
+        let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .context("binding the fake consul listener")?;
         let addr = listener
             .local_addr()
             .context("fake consul listener address")?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(&opts.datacenter)),
             changed: Condvar::new(),
+            shards: (0..SHARDS).map(|_| Condvar::new()).collect(),
             recorded: Condvar::new(),
             opts,
             conns: Mutex::new(HashMap::new()),
@@ -171,9 +220,23 @@ impl FakeConsul {
         self.shared.lock().kv.get(key).map(|e| e.value.clone())
     }
 
-    /// The current raft index (`X-Consul-Index` of every read); starts at 1, never 0.
+    /// The current raft index; starts at 1, never 0. Reads answer the index of what they
+    /// read, at most this: see [`FakeConsul::service_index`].
     pub fn index(&self) -> u64 {
         self.shared.lock().index
+    }
+
+    /// The `X-Consul-Index` a read of `service`'s instances or checks answers: the last change
+    /// to one of its instances (registration, deregistration, check), as Consul's
+    /// per-service index.
+    pub fn service_index(&self, service: &str) -> u64 {
+        self.shared.lock().index_of_service(service)
+    }
+
+    /// The `X-Consul-Index` of `/v1/catalog/services`: the last registration or
+    /// deregistration (health changes do not move it).
+    pub fn catalog_index(&self) -> u64 {
+        self.shared.lock().services_index
     }
 
     /// Injects `fault` into every following request until [`FakeConsul::clear_fault`].
@@ -209,7 +272,7 @@ impl FakeConsul {
         if slot.is_some() {
             return Ok(());
         }
-        let listener = TcpListener::bind(self.addr)
+        let listener = listen(self.addr)
             .with_context(|| format!("re-binding the fake consul listener on {}", self.addr))?;
         *slot = Some(spawn_acceptor(listener, &self.shared)?);
         Ok(())
@@ -278,6 +341,24 @@ impl Drop for FakeConsul {
     }
 }
 
+/// Most connections waiting to be accepted (the kernel caps it at `net.core.somaxconn`).
+/// std's 128 drops SYNs when a client opens thousands of watches at once, and each drop
+/// costs that client a 1 s retransmission; Consul (Go) listens with `somaxconn`.
+const BACKLOG: i32 = 4096;
+
+/// A listener on `addr` with [`BACKLOG`] and `SO_REUSEADDR` (as std sets it on Unix).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
 fn spawn_acceptor(listener: TcpListener, shared: &Arc<Shared>) -> anyhow::Result<Acceptor> {
     let stop = Arc::new(AtomicBool::new(false));
     let thread = std::thread::Builder::new()
@@ -341,6 +422,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) 
         shared.active.fetch_add(1, Ordering::SeqCst);
         let spawned = std::thread::Builder::new()
             .name("fake-consul-conn".into())
+            .stack_size(CONN_STACK_BYTES)
             .spawn({
                 let shared = Arc::clone(shared);
                 move || {
@@ -369,11 +451,9 @@ fn forget_connection(shared: &Shared, id: u64) {
 /// Serves one connection: requests in order until the peer closes, asks to close, sends
 /// something unreadable, or the fake stops.
 fn serve(stream: TcpStream, shared: &Shared, epoch: u64) {
-    let Ok(read_half) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(read_half);
-    let mut writer = stream;
+    // Reads and writes share the one descriptor (`Read`/`Write` for `&TcpStream`).
+    let mut reader = BufReader::new(&stream);
+    let mut writer = &stream;
     loop {
         let req = match http::read_request(
             &mut reader,
@@ -423,7 +503,7 @@ fn handle(shared: &Shared, req: RecordedRequest, epoch: u64) -> Option<Response>
             ));
         }
         Some(Fault::Delay(d)) => {
-            drop(shared.block(*d, epoch, |_| false)?);
+            drop(shared.block(*d, epoch, None, |_| false)?);
         }
         _ => {}
     }
@@ -436,7 +516,10 @@ fn handle(shared: &Shared, req: RecordedRequest, epoch: u64) -> Option<Response>
                     .query_param("index")
                     .and_then(|i| i.parse::<u64>().ok())
                     .filter(|&i| i > 0);
-                let current = shared.lock().index;
+                let current = resp
+                    .header("X-Consul-Index")
+                    .and_then(|i| i.parse::<u64>().ok())
+                    .unwrap_or(1);
                 let lower = asked.unwrap_or(current).saturating_sub(1);
                 resp.set_header("X-Consul-Index", lower.to_string());
             }

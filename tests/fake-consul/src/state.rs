@@ -1,8 +1,20 @@
 //! The fake's state: one catalog (nodes derived from services, services, checks), the KV
 //! store and one raft index that every write increases. Responses are rendered from it in
 //! Consul's JSON shapes.
+//!
+//! Like Consul's state store (`agent/consul/state/catalog.go`), reads do not report the raft
+//! index itself but the index of the tables they read, so a blocking query wakes only when its
+//! own result may have changed:
+//! - `/v1/health/service/:s`, `/v1/catalog/service/:s`, `/v1/health/checks/:s`: the service's
+//!   own index (Consul's `service.<name>` index entry), moved by a registration,
+//!   deregistration or check change of one of its instances. For a service with no instances
+//!   Consul answers the index of the last "service extinction" (the last time any service
+//!   lost its last instance), else the catalog's services index; so does the fake.
+//! - `/v1/catalog/services`: the services table index, moved by registrations and
+//!   deregistrations (not by health checks).
+//! - `/v1/kv/...`: the KV table index.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde_json::{json, Map, Value};
 
@@ -55,6 +67,18 @@ pub(crate) struct KvEntry {
     pub(crate) modify_index: u64,
 }
 
+/// What a blocking query waits on; writes report the keys they touched so only the queries
+/// whose answer may have changed are woken.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum WaitKey {
+    /// One service name's instances or checks.
+    Service(String),
+    /// The list of services.
+    Catalog,
+    /// The KV store.
+    Kv,
+}
+
 /// Everything behind the fake's one mutex.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -62,6 +86,18 @@ pub(crate) struct State {
     pub(crate) index: u64,
     /// Services by service id.
     pub(crate) services: BTreeMap<String, Service>,
+    /// Service ids by service name (so a per-service read does not scan every instance).
+    by_name: HashMap<String, BTreeSet<String>>,
+    /// Per service name: the highest index of a change to its instances or their checks.
+    service_index: HashMap<String, u64>,
+    /// The index of the last write that removed a service's last instance (0: none yet).
+    extinction_index: u64,
+    /// The services table index: the last registration or deregistration.
+    pub(crate) services_index: u64,
+    /// The KV table index: the last KV write.
+    pub(crate) kv_index: u64,
+    /// Keys touched by writes not yet announced to blocked queries.
+    pub(crate) touched: Vec<WaitKey>,
     pub(crate) kv: BTreeMap<String, KvEntry>,
     pub(crate) fault: Option<Fault>,
     pub(crate) requests: VecDeque<RecordedRequest>,
@@ -79,6 +115,12 @@ impl State {
         State {
             index: 1,
             services: BTreeMap::new(),
+            by_name: HashMap::new(),
+            service_index: HashMap::new(),
+            extinction_index: 0,
+            services_index: 1,
+            kv_index: 1,
+            touched: Vec::new(),
             kv: BTreeMap::new(),
             fault: None,
             requests: VecDeque::new(),
@@ -105,8 +147,10 @@ impl State {
             .services
             .get(&instance.id)
             .map_or(index, |s| s.create_index);
-        self.services.insert(
-            instance.id.clone(),
+        let id = instance.id.clone();
+        let name = instance.service.clone();
+        let previous = self.services.insert(
+            id.clone(),
             Service {
                 instance,
                 checks,
@@ -114,7 +158,50 @@ impl State {
                 modify_index: index,
             },
         );
+        if let Some(old) = previous.filter(|old| old.instance.service != name) {
+            self.forget_instance(&old.instance.service, &id, index);
+        }
+        self.by_name.entry(name.clone()).or_default().insert(id);
+        self.touch_service(&name, index);
+        self.services_index = index;
+        self.touched.push(WaitKey::Catalog);
         index
+    }
+
+    /// Records a change of service `name` at `index`.
+    fn touch_service(&mut self, name: &str, index: u64) {
+        self.service_index.insert(name.to_owned(), index);
+        self.touched.push(WaitKey::Service(name.to_owned()));
+    }
+
+    /// Removes instance `id` from service `name`'s ids; the service goes extinct with its
+    /// last instance.
+    fn forget_instance(&mut self, name: &str, id: &str, index: u64) {
+        let extinct = match self.by_name.get_mut(name) {
+            Some(ids) => {
+                ids.remove(id);
+                ids.is_empty()
+            }
+            None => false,
+        };
+        if extinct {
+            self.by_name.remove(name);
+            self.service_index.remove(name);
+            self.extinction_index = index;
+            self.touched.push(WaitKey::Service(name.to_owned()));
+        } else {
+            self.touch_service(name, index);
+        }
+    }
+
+    /// The `X-Consul-Index` of a read about service `name` (never 0).
+    pub(crate) fn index_of_service(&self, name: &str) -> u64 {
+        match self.service_index.get(name) {
+            Some(&index) => index,
+            None if self.extinction_index > 0 => self.extinction_index,
+            None => self.services_index,
+        }
+        .max(1)
     }
 
     /// Registers `instance` with one service check `service:<id>` in its health.
@@ -131,12 +218,14 @@ impl State {
 
     /// Removes a service; `false` when there was none.
     pub(crate) fn deregister(&mut self, id: &str) -> bool {
-        if self.services.remove(id).is_some() {
-            self.bump();
-            true
-        } else {
-            false
-        }
+        let Some(old) = self.services.remove(id) else {
+            return false;
+        };
+        let index = self.bump();
+        self.forget_instance(&old.instance.service, id, index);
+        self.services_index = index;
+        self.touched.push(WaitKey::Catalog);
+        true
     }
 
     /// Sets every check of service `id` to `status` (adding `service:<id>` when it has
@@ -164,6 +253,8 @@ impl State {
             }
             svc.instance.health = status;
             svc.modify_index = index;
+            let name = svc.instance.service.clone();
+            self.touch_service(&name, index);
         }
         true
     }
@@ -185,6 +276,8 @@ impl State {
                 c.output = output.to_owned();
             }
             svc.modify_index = index;
+            let name = svc.instance.service.clone();
+            self.touch_service(&name, index);
         }
         true
     }
@@ -202,6 +295,8 @@ impl State {
                 modify_index: index,
             },
         );
+        self.kv_index = index;
+        self.touched.push(WaitKey::Kv);
         index
     }
 
@@ -215,16 +310,20 @@ impl State {
             self.kv.remove(key);
         }
         if self.kv.len() != before {
-            self.bump();
+            self.kv_index = self.bump();
+            self.touched.push(WaitKey::Kv);
         }
     }
 
     /// The services of `name` visible in this datacenter, ordered by node then id.
     pub(crate) fn instances_of<'a>(&'a self, name: &'a str) -> Vec<&'a Service> {
         let mut out: Vec<&Service> = self
-            .services
-            .values()
-            .filter(|s| s.instance.service == name && s.instance.datacenter == self.datacenter)
+            .by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.services.get(id))
+            .filter(|s| s.instance.datacenter == self.datacenter)
             .collect();
         out.sort_by(|a, b| {
             (&a.instance.node, &a.instance.id).cmp(&(&b.instance.node, &b.instance.id))

@@ -48,10 +48,9 @@ impl Resp {
     }
 }
 
-/// A kept-alive connection.
+/// A kept-alive connection (one descriptor: writes go through the reader's stream).
 pub struct Conn {
     reader: BufReader<TcpStream>,
-    writer: TcpStream,
 }
 
 impl Conn {
@@ -59,14 +58,13 @@ impl Conn {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
         Ok(Conn {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
+            reader: BufReader::new(stream),
         })
     }
 
     /// Sends raw bytes.
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.writer.write_all(bytes)
+        self.reader.get_mut().write_all(bytes)
     }
 
     /// Sends a request with a `Content-Length` body.
@@ -75,8 +73,9 @@ impl Conn {
             "{method} {target} HTTP/1.1\r\nHost: consul\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
-        self.writer.write_all(head.as_bytes())?;
-        self.writer.write_all(body)
+        let writer = self.reader.get_mut();
+        writer.write_all(head.as_bytes())?;
+        writer.write_all(body)
     }
 
     /// Reads one response.
@@ -116,6 +115,23 @@ impl Conn {
             headers,
             body,
         })
+    }
+
+    /// Whether any response bytes have arrived (without waiting for them).
+    pub fn answered_yet(&mut self) -> std::io::Result<bool> {
+        if !self.reader.buffer().is_empty() {
+            return Ok(true);
+        }
+        let stream = self.reader.get_ref();
+        stream.set_nonblocking(true)?;
+        let mut byte = [0u8; 1];
+        let peeked = stream.peek(&mut byte);
+        stream.set_nonblocking(false)?;
+        match peeked {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn request(&mut self, method: &str, target: &str, body: &[u8]) -> std::io::Result<Resp> {

@@ -8,6 +8,7 @@ mod catalog;
 mod client;
 mod faults;
 mod filter;
+mod indexes;
 mod kv;
 mod listening;
 mod samples;

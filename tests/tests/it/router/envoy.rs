@@ -93,6 +93,17 @@ fn setup(extra: &str) -> Result<Setup> {
     })
 }
 
+/// Waits until the worker has taken its `n`th instance list: requests read the shared list
+/// only until the worker holds one, then the worker takes changes at its next tick (100 ms).
+fn adopted(envoy: &Envoy, n: i64) -> Result<()> {
+    envoy.wait_for_stat(
+        "wasmcustom.meshguard_router.orders.lists_adopted",
+        |v| v >= n,
+        WAIT,
+    )?;
+    Ok(())
+}
+
 /// Sends `n` GETs and counts the answering upstream (`x-upstream`) per status.
 fn spread(envoy: &Envoy, n: usize) -> Result<BTreeMap<String, usize>> {
     let mut out = BTreeMap::new();
@@ -200,6 +211,7 @@ fn routing_continues_on_the_cached_list_while_consul_is_down() -> Result<()> {
         |v| v >= 2,
         WAIT,
     )?;
+    adopted(&s.envoy, 2)?;
     assert_eq!(
         spread(&s.envoy, 10)?,
         counts(&[("200 u1", 5), ("200 u2", 5)])
@@ -224,6 +236,7 @@ fn a_deregistered_instance_gets_no_traffic_after_one_blocking_round() -> Result<
         "took {:?}",
         started.elapsed()
     );
+    adopted(&s.envoy, 2)?;
     assert_eq!(
         spread(&s.envoy, 20)?,
         counts(&[("200 u1", 10), ("200 u3", 10)])

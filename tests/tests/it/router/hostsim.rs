@@ -131,6 +131,8 @@ fn routes_round_robin_over_the_synced_list_with_failover_order_and_retry_headers
         first_hosts(&mut host, 3),
         ["10.0.0.1:8002", "10.0.0.1:8003", "10.0.0.1:8001"]
     );
+    // `routed` is added up on the worker's ticks (one host call per tick, not per request).
+    host.advance(SEC).unwrap();
     assert_eq!(metric(&host, "orders.routed"), 4);
     // Not routed by the filter: the client's value is removed all the same.
     let s = host
@@ -284,6 +286,29 @@ fn a_deregistered_instance_stops_receiving_traffic_after_one_blocking_round() {
 }
 
 #[test]
+fn a_routing_worker_takes_a_changed_list_at_its_next_tick() {
+    let mut host = synced("", &[8001, 8002, 8003]);
+    assert_eq!(
+        first_hosts(&mut host, 3).len(),
+        3,
+        "the worker holds the list"
+    );
+    assert_eq!(metric(&host, "orders.lists_adopted"), 1);
+    host.advance(SEC).unwrap();
+    let q = query(&host);
+    host.respond_http_call(q.id, consul_ok(11, &health(&[8001, 8003])))
+        .unwrap();
+    // Requests read no shared data once the worker has a list: until its next tick (`tick`,
+    // 1 s by default) it routes on the list it holds, ...
+    assert!(first_hosts(&mut host, 3).contains(&"10.0.0.1:8002".to_string()));
+    // ... and from that tick on, on the new one.
+    host.advance(SEC).unwrap();
+    let hosts = first_hosts(&mut host, 6);
+    assert!(!hosts.contains(&"10.0.0.1:8002".to_string()), "{hosts:?}");
+    assert_eq!(metric(&host, "orders.lists_adopted"), 2);
+}
+
+#[test]
 fn publishes_the_service_tenant_map_for_the_tenant_filter() {
     let host = synced("", &[8001]);
     let (value, _) = host
@@ -393,7 +418,7 @@ fn failed_tries_before_the_answering_host_count_against_their_instances() {
 #[test]
 fn consistent_hash_keeps_a_user_on_one_instance() {
     let mut host = synced(
-        r#","balancer":"consistent_hash","hash_on":{"header":"x-user"}"#,
+        r#","balancer":"consistent_hash","hash_on":{"header":"X-User"}"#,
         &[8001, 8002, 8003, 8004],
     );
     let pick = |host: &mut Host, user: &str| {
@@ -652,4 +677,105 @@ fn the_next_datacenter_takes_over_when_the_local_one_has_no_eligible_instance() 
         ["10.0.0.1:8002"; 3],
         "dc2 while dc1 is ejected"
     );
+}
+
+/// The benchmark's configuration (`examples/bench/src/router.rs`): service `orders` on every
+/// request, round robin, in `mode`, a 100 ms tick; three synced instances. Envoy's default
+/// log level (debug logging would add `proxy_log` calls).
+fn bench_host(mode: &str) -> Host {
+    let config = format!(
+        r#"{{"consul":{{"cluster":"consul","tick":"100ms"}},"services":[{{"name":"orders","mode":"{mode}"}}]}}"#
+    );
+    let mut host = Host::builder(&crate::support::module("meshguard_router"))
+        .plugin_config(config)
+        .workers(2)
+        .base_vm()
+        .cluster("consul")
+        .log_level(host_sim::LogLevel::Info)
+        .build()
+        .unwrap();
+    assert!(host.configure().unwrap());
+    host.advance(Duration::from_millis(100)).unwrap();
+    host.respond_http_call(query(&host).id, consul_ok(10, &health(&[8001, 8002, 8003])))
+        .unwrap();
+    host
+}
+
+/// Host calls per request on the benchmark's path, pinned: each one is a round trip through
+/// Envoy's V8 (a `malloc` is the host calling back into the VM to hand data over), so a change
+/// that adds one must show up here and be justified (see the README's "Cost per request").
+#[test]
+fn host_calls_per_request_are_pinned_for_the_benchmark_configuration() {
+    let per_request = |calls: &[(&str, u64)], n: u64| -> std::collections::BTreeMap<String, u64> {
+        calls.iter().map(|(k, v)| (k.to_string(), v * n)).collect()
+    };
+    // Failfast: the override header and `x-envoy-max-retries: 0` set, the client's retry-on
+    // and per-try timeout removed. No shared data (the list is taken on ticks), no clock (round
+    // robin needs none), no counter (`routed` is added up on ticks), no response-path work.
+    let failfast: &[(&str, u64)] = &[
+        ("proxy_replace_header_map_value", 2),
+        ("proxy_remove_header_map_value", 2),
+    ];
+    // Failover: the method decides on retries, so the request's header map is read (one call
+    // and one allocation, which also shows that there is no per-try timeout to remove); then
+    // the override, max-retries and retry-on headers are set.
+    let failover: &[(&str, u64)] = &[
+        ("proxy_get_header_map_pairs", 1),
+        ("malloc", 1),
+        ("proxy_replace_header_map_value", 3),
+    ];
+    for (mode, expected) in [("failfast", failfast), ("failover", failover)] {
+        let mut host = bench_host(mode);
+        // The first request adopts the list (the pool is empty until then).
+        route(&mut host, Request::get("/orders")).unwrap();
+        let calls = crate::support::host_calls_during(&mut host, |h| {
+            for _ in 0..20 {
+                assert!(route(h, Request::get("/orders")).is_some());
+            }
+        });
+        assert_eq!(calls, per_request(expected, 20), "{mode}");
+        // The routed requests are counted on the next tick.
+        assert_eq!(metric(&host, "orders.routed"), 0);
+        host.advance(Duration::from_millis(100)).unwrap();
+        assert_eq!(metric(&host, "orders.routed"), 21, "{mode}");
+    }
+}
+
+/// Failfast in the benchmark's configuration reads no request header and removes the client's
+/// retry headers blindly; failover reads the map once and removes only what is there. Either
+/// way nothing the client sent survives.
+#[test]
+fn client_retry_headers_never_survive_whether_or_not_the_map_was_read() {
+    for (mode, max_retries) in [("failfast", "0"), ("failover", "2")] {
+        let mut host = bench_host(mode);
+        let s = host
+            .send(
+                WORKER,
+                Request::get("/orders")
+                    .header(OVERRIDE, "6.6.6.6:1")
+                    .header("x-envoy-retry-on", "5xx")
+                    .header("x-envoy-max-retries", "9")
+                    .header("x-envoy-upstream-rq-per-try-timeout-ms", "1"),
+            )
+            .unwrap();
+        let upstream = host.stream(s).unwrap().upstream_request.clone().unwrap();
+        assert!(
+            upstream
+                .header(OVERRIDE)
+                .unwrap()
+                .starts_with("10.0.0.1:800"),
+            "{mode}"
+        );
+        assert_eq!(upstream.header("x-envoy-max-retries"), Some(max_retries));
+        assert_eq!(
+            upstream.header("x-envoy-upstream-rq-per-try-timeout-ms"),
+            None,
+            "{mode}"
+        );
+        let retry_on = upstream.header("x-envoy-retry-on");
+        match mode {
+            "failfast" => assert_eq!(retry_on, None),
+            _ => assert_eq!(retry_on, Some("5xx,reset,connect-failure")),
+        }
+    }
 }

@@ -147,6 +147,46 @@ fn a_spoofed_header_from_an_untrusted_source_is_replaced_by_the_verified_tenant(
     Ok(())
 }
 
+/// A client may send any octet in a header value: one that is not UTF-8 neither stops the
+/// worker's VM nor hides a tenant header that comes after it.
+#[test]
+fn a_header_value_that_is_not_utf8_hides_no_tenant_header() -> Result<()> {
+    let upstream = TestUpstream::start()?;
+    let config = r#"{"identity":[{"trusted_header":{"cidrs":["127.0.0.0/8"]}}]}"#;
+    let envoy = tenant_envoy(&upstream, &[route("/", "upstream")], &[], &[], config)?;
+    let request = |headers: &[u8]| {
+        let mut raw = b"GET /x HTTP/1.1\r\nHost: a\r\n".to_vec();
+        raw.extend_from_slice(headers);
+        raw.extend_from_slice(b"Connection: close\r\n\r\n");
+        send_raw(envoy.listener_addr(), &raw)
+    };
+    let response = request(b"x-junk: caf\xe9\r\nx-meshguard-tenant: acme\r\n")?;
+    ensure!(response.status == 200, "{response:?}\n{}", envoy.log());
+    let seen = upstream.requests();
+    ensure!(seen.len() == 1 && seen[0].header("x-meshguard-tenant") == Some("acme"));
+    // Envoy passed the octet on (the SDK's `String` header reader would have trapped on it).
+    ensure!(seen[0]
+        .header("x-junk")
+        .is_some_and(|v| v.starts_with("caf") && v != "caf"));
+    // A second copy behind the junk is seen: duplicated trusted headers are refused.
+    let response =
+        request(b"x-meshguard-tenant: acme\r\nx-junk: caf\xe9\r\nx-meshguard-tenant: globex\r\n")?;
+    ensure!(response.status == 403, "{response:?}\n{}", envoy.log());
+    ensure!(
+        response.header("x-meshguard-deny-reason")
+            == Some("the tenant header appears more than once"),
+        "{response:?}"
+    );
+    // A tenant that is not UTF-8 is an invalid one.
+    let response = request(b"x-junk: caf\xe9\r\nx-meshguard-tenant: ac\xe9me\r\n")?;
+    ensure!(response.status == 403, "{response:?}\n{}", envoy.log());
+    ensure!(
+        upstream.requests().len() == 1,
+        "only the first was forwarded"
+    );
+    Ok(())
+}
+
 #[test]
 fn without_a_verified_tenant_the_spoofed_header_gets_a_401() -> Result<()> {
     let upstream = TestUpstream::start()?;

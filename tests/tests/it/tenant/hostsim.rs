@@ -27,6 +27,12 @@ pub fn counter(host: &Host, name: &str) -> i64 {
         .map_or(0, |m| m.value)
 }
 
+/// The `allowed` counter, which each VM updates on its one-second tick: one tick later.
+pub fn allowed(host: &mut Host) -> i64 {
+    host.advance(std::time::Duration::from_secs(1)).unwrap();
+    counter(host, "allowed")
+}
+
 /// The request as the upstream got it (panics when the filter did not forward it).
 pub fn forwarded(view: &StreamView) -> &host_sim::UpstreamRequest {
     view.upstream_request
@@ -77,7 +83,7 @@ fn spiffe_san_names_the_tenant_and_replaces_a_spoofed_header() {
     );
     assert_eq!(view.status(), Some(200));
     assert_eq!(upstream_values(&view, "x-meshguard-tenant"), ["acme"]);
-    assert_eq!(counter(&host, "allowed"), 1);
+    assert_eq!(allowed(&mut host), 1);
     assert_eq!(counter(&host, "tenant_header_removed"), 1);
 }
 
@@ -255,7 +261,7 @@ fn a_call_to_another_tenants_service_is_denied_with_a_reason() {
     );
     assert_eq!(counter(&host, "denied_cross_tenant"), 1);
     assert_eq!(counter(&host, "denied_unknown_destination"), 1);
-    assert_eq!(counter(&host, "allowed"), 2);
+    assert_eq!(allowed(&mut host), 2);
     // ... and let through when configured so.
     let mut host = tenant_host(&cross_config(
         r#""cluster_name""#,
@@ -308,17 +314,20 @@ fn the_destination_can_come_from_the_authority_or_a_header() {
 }
 
 #[test]
-fn the_registry_map_in_shared_data_is_read_and_follows_updates() {
+fn the_registry_map_in_shared_data_is_read_and_follows_updates_within_a_tick() {
     let config = trusted_config(
         r#","registry_service_tenants":true,"service_tenants":{"pinned":"acme"},"cross_tenant":{"destination":"cluster_name"}"#,
     );
     let mut host = tenant_host(&config);
+    let tick = |host: &mut Host| host.advance(std::time::Duration::from_secs(1)).unwrap();
     // Nothing published yet: unknown.
     assert_eq!(
         send(&mut host, as_tenant("acme", to_cluster("web"))).status(),
         Some(403)
     );
+    // Each VM re-reads the map on its one-second tick, not per request.
     host.set_shared_data(REGISTRY_KEY, br#"{"web":"acme","pinned":"globex"}"#);
+    tick(&mut host);
     assert_eq!(
         send(&mut host, as_tenant("acme", to_cluster("web"))).status(),
         Some(200)
@@ -329,6 +338,7 @@ fn the_registry_map_in_shared_data_is_read_and_follows_updates() {
         Some(200)
     );
     host.set_shared_data(REGISTRY_KEY, br#"{"web":"globex"}"#);
+    tick(&mut host);
     let view = send(&mut host, as_tenant("acme", to_cluster("web")));
     assert_eq!(view.status(), Some(403));
     assert_eq!(
@@ -337,12 +347,14 @@ fn the_registry_map_in_shared_data_is_read_and_follows_updates() {
     );
     // A map that does not parse is ignored (counted), never trusted.
     host.set_shared_data(REGISTRY_KEY, b"{not json");
+    tick(&mut host);
     assert_eq!(
         send(&mut host, as_tenant("globex", to_cluster("web"))).status(),
         Some(403)
     );
     assert_eq!(counter(&host, "registry_invalid"), 1);
-    // Parsed once per token: a second request with the same bad map is not counted again.
+    // Parsed once per token: later ticks with the same bad map do not count it again.
+    tick(&mut host);
     assert_eq!(
         send(&mut host, as_tenant("globex", to_cluster("web"))).status(),
         Some(403)

@@ -3,6 +3,7 @@
 
 mod attacks;
 mod consul;
+mod cost;
 mod envoy;
 mod hostsim;
 mod identity;
