@@ -1101,7 +1101,11 @@ impl Host {
             return Ok(Action::Continue);
         }
         let side = ctl.side(dir);
-        if side.stopped.is_some() {
+        // Only StopAllIteration (a pause in the headers callback) holds trailers in front of
+        // the filter. A filter buffering the body (StopIterationAndBuffer) gets its trailers
+        // callback as in Envoy: with trailers, the body never arrives with end_of_stream, so
+        // the trailers callback is where it sees the whole body.
+        if matches!(side.stopped, Some(Stop::Headers | Stop::Trailers)) {
             side.held_trailers = Some(trailers);
             side.held_end = true;
             return Ok(Action::Pause);
@@ -1410,10 +1414,17 @@ impl Host {
                 data.and_then(|s| s.body(dir).take()).unwrap_or_default(),
                 eos,
             ),
-            Stop::Trailers => Part::Trailers(
-                data.and_then(|s| s.trailers(dir).take())
-                    .unwrap_or_default(),
-            ),
+            Stop::Trailers => {
+                // A body the filter buffered before its trailers came leaves first.
+                let (body, trailers) = match data {
+                    Some(s) => (s.body(dir).take(), s.trailers(dir).take()),
+                    None => (None, None),
+                };
+                if let Some(body) = body.filter(|b| !b.is_empty()) {
+                    self.emit(id, dir, Part::Body(body, false))?;
+                }
+                Part::Trailers(trailers.unwrap_or_default())
+            }
         };
         self.emit(id, dir, part)
     }

@@ -120,3 +120,46 @@ fn host_calls_are_counted_by_import_name() {
     let total: u64 = after.values().sum::<u64>() - before.values().sum::<u64>();
     assert_eq!(total, 5, "{after:?}");
 }
+
+#[test]
+fn a_filter_buffering_the_body_gets_the_trailers_callback_and_forwards_both() {
+    // As Envoy: a pause in the body callback is StopIterationAndBuffer, which does not hold the
+    // trailers; with trailers the body never comes with end_of_stream, so the filter sees the
+    // trailers and the buffered body goes upstream before them when it continues.
+    let mut host = Host::builder(&module("fixture_conformance"))
+        .build()
+        .unwrap();
+    assert!(host.configure().unwrap());
+    let s = host.new_stream(0).unwrap();
+    let ops = r#"[{"at": "request_body", "op": "return", "action": "pause"},
+                  {"at": "request_trailers", "op": "set_buffer", "buffer": "request_body",
+                   "start": 0, "len": 5, "value": "PART1"}]"#;
+    let headers = Request::post("/upload").header("x-ops", ops).headers;
+    assert_eq!(
+        host.request_headers(s, headers, false).unwrap(),
+        Action::Continue
+    );
+    assert_eq!(
+        host.request_body(s, b"part1", false).unwrap(),
+        Action::Pause
+    );
+    assert_eq!(
+        host.request_body(s, b"part2", false).unwrap(),
+        Action::Pause
+    );
+    let up = host.stream(s).unwrap().upstream_request.clone().unwrap();
+    assert!(up.body.is_empty(), "the buffered body waited: {up:?}");
+    let trailers = vec![("x-checksum".to_string(), "1".to_string())];
+    assert_eq!(
+        host.request_trailers(s, trailers).unwrap(),
+        Action::Continue
+    );
+    let up = host.stream(s).unwrap().upstream_request.clone().unwrap();
+    // The trailers callback saw the whole buffered body and rewrote its start.
+    assert_eq!(up.body, b"PART1part2");
+    assert_eq!(
+        up.trailers.as_deref(),
+        Some(&[("x-checksum".to_string(), "1".to_string())][..])
+    );
+    assert!(up.complete);
+}
