@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::{ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbPolicy},
-    Cluster, OutlierDetection,
+    load_balancing_policy, Cluster, LoadBalancingPolicy, OutlierDetection,
 };
 use envoy_types::pb::envoy::config::core::v3::{
     address, async_data_source, config_source::ConfigSourceSpecifier, data_source,
     socket_address::PortSpecifier, Address, AggregatedConfigSource, ApiVersion, AsyncDataSource,
-    ConfigSource, DataSource, HealthStatus, Locality, SocketAddress,
+    ConfigSource, DataSource, HealthStatus, Locality, SocketAddress, TypedExtensionConfig,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint,
@@ -22,22 +22,29 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
-    route, route_action, route_match, FilterConfig, RetryPolicy, Route, RouteAction,
-    RouteConfiguration, RouteMatch, VirtualHost,
+    header_matcher, retry_policy, route, route_action, route_match, FilterConfig, HeaderMatcher,
+    RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
+use envoy_types::pb::envoy::extensions::load_balancing_policies::override_host::v3::{
+    override_host, OverrideHost,
+};
+use envoy_types::pb::envoy::extensions::load_balancing_policies::round_robin::v3::RoundRobin;
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use envoy_types::pb::envoy::extensions::wasm::v3::{
     plugin_config, FailurePolicy, PluginConfig, VmConfig,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, RegexMatcher, StringMatcher};
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{Any, Duration, StringValue, UInt32Value};
 use prost::{Message, Name};
 
 use crate::registry::{Endpoint, Health, Registry};
+use crate::routing::{NativeRetries, Routing, NON_IDEMPOTENT_METHODS};
 use crate::rules::{Balancer, Dur, Retries, Rules, ServiceRules};
 use crate::xds::cache::{Resource, Snapshot, SnapshotError};
 
@@ -90,6 +97,17 @@ pub fn filter_instance_name(service: &str, filter: &str) -> String {
     format!("meshguard.{filter}.{service}")
 }
 
+/// The VM id of a service's filter: its instance name, except that the tenant and router
+/// filters of one service share `meshguard.tenant-router.<service>` (Envoy scopes shared data
+/// by VM id, and the router publishes the service → tenant map there for the tenant filter).
+pub fn filter_vm_id(service: &str, filter: &str, rules: &ServiceRules) -> String {
+    if matches!(filter, "tenant" | "router") && rules.shares_tenant_vm(service) {
+        format!("meshguard.tenant-router.{service}")
+    } else {
+        filter_instance_name(service, filter)
+    }
+}
+
 fn any<M: Message + Name>(message: &M) -> Any {
     Any {
         type_url: M::type_url(),
@@ -137,7 +155,8 @@ pub fn snapshot(
     }
     let mut filters = Vec::new();
     for service in &services {
-        for (filter, config) in rules.service(service).filters() {
+        let service_rules = rules.service(service);
+        for (filter, config) in service_rules.filters(service) {
             let path = options.wasm_path(filter);
             if !path.is_file() {
                 return Err(ConvertError::MissingWasm {
@@ -146,7 +165,8 @@ pub fn snapshot(
                     path,
                 });
             }
-            filters.push(wasm_filter(service, filter, &config, &path)?);
+            let vm_id = filter_vm_id(service, filter, &service_rules);
+            filters.push(wasm_filter(service, filter, &vm_id, &config, &path)?);
         }
     }
     let listener = listener(options.listen, filters);
@@ -180,13 +200,24 @@ pub(crate) fn endpoint_resource(service: &str, instances: &[Endpoint]) -> Resour
 /// An EDS cluster over ADS with the service's native settings. Panic threshold 0: a critical
 /// instance never gets traffic, even when most instances are critical (Consul's semantics).
 pub fn cluster(service: &str, rules: &ServiceRules) -> Cluster {
-    let lb_policy = match rules.balancer.unwrap_or(Balancer::RoundRobin) {
+    let mut lb_policy = match rules.balancer.unwrap_or(Balancer::RoundRobin) {
         Balancer::RoundRobin => LbPolicy::RoundRobin,
         Balancer::LeastRequest => LbPolicy::LeastRequest,
         Balancer::Random => LbPolicy::Random,
         Balancer::RingHash => LbPolicy::RingHash,
         Balancer::Maglev => LbPolicy::Maglev,
     };
+    let mut load_balancing_policy = None;
+    match rules.routing(service) {
+        Some(Routing::Native(native)) => {
+            lb_policy = LbPolicy::from_str_name(native.lb_policy).unwrap_or(LbPolicy::RoundRobin);
+        }
+        Some(Routing::Filter {
+            override_host_header,
+            ..
+        }) => load_balancing_policy = Some(override_host_policy(&override_host_header)),
+        None => {}
+    }
     Cluster {
         name: service.to_string(),
         connect_timeout: Some(duration(
@@ -198,6 +229,7 @@ pub fn cluster(service: &str, rules: &ServiceRules) -> Cluster {
             service_name: service.to_string(),
         }),
         lb_policy: lb_policy as i32,
+        load_balancing_policy,
         common_lb_config: Some(CommonLbConfig {
             healthy_panic_threshold: Some(Percent { value: 0.0 }),
             ..Default::default()
@@ -212,6 +244,34 @@ pub fn cluster(service: &str, rules: &ServiceRules) -> Cluster {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// Envoy's `override_host` policy on the router filter's header (its pick, then failover
+/// targets, all members of the EDS cluster), round robin when the header is absent.
+fn override_host_policy(header: &str) -> LoadBalancingPolicy {
+    let round_robin = LoadBalancingPolicy {
+        policies: vec![load_balancing_policy::Policy {
+            typed_extension_config: Some(TypedExtensionConfig {
+                name: "envoy.load_balancing_policies.round_robin".to_string(),
+                typed_config: Some(any(&RoundRobin::default())),
+            }),
+        }],
+    };
+    LoadBalancingPolicy {
+        policies: vec![load_balancing_policy::Policy {
+            typed_extension_config: Some(TypedExtensionConfig {
+                name: "envoy.load_balancing_policies.override_host".to_string(),
+                typed_config: Some(any(&OverrideHost {
+                    override_host_sources: vec![override_host::OverrideHostSource {
+                        header: header.to_string(),
+                        ..Default::default()
+                    }],
+                    fallback_policy: Some(round_robin),
+                    ..Default::default()
+                })),
+            }),
+        }],
     }
 }
 
@@ -276,6 +336,7 @@ fn socket_address(ip: &str, port: u16) -> Address {
 fn wasm_filter(
     service: &str,
     filter: &str,
+    vm_id: &str,
     configuration: &str,
     wasm: &Path,
 ) -> Result<HttpFilter, ConvertError> {
@@ -292,7 +353,7 @@ fn wasm_filter(
         })),
         failure_policy: FailurePolicy::FailClosed as i32,
         vm: Some(plugin_config::Vm::VmConfig(VmConfig {
-            vm_id: name.clone(),
+            vm_id: vm_id.to_string(),
             runtime: "envoy.wasm.runtime.v8".to_string(),
             code: Some(AsyncDataSource {
                 specifier: Some(async_data_source::Specifier::Local(DataSource {
@@ -357,23 +418,89 @@ fn retry_policy(r: &Retries) -> RetryPolicy {
     }
 }
 
+/// `failover` done by Envoy: retries on hosts not tried yet (`previous_hosts`).
+fn native_retry_policy(r: &NativeRetries) -> RetryPolicy {
+    RetryPolicy {
+        retry_on: r.on.clone(),
+        num_retries: Some(UInt32Value { value: r.attempts }),
+        per_try_timeout: r.per_try_timeout_ns.map(|ns| duration(Dur(ns))),
+        retry_host_predicate: vec![retry_policy::RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".to_string(),
+            config_type: Some(retry_policy::retry_host_predicate::ConfigType::TypedConfig(
+                any(&PreviousHostsPredicate {}),
+            )),
+        }],
+        host_selection_retry_max_attempts: 3,
+        ..Default::default()
+    }
+}
+
+/// The retries of a route: its own, else the service's, else native `failover`'s.
+#[derive(Clone, Copy)]
+pub(crate) enum RouteRetries<'a> {
+    None,
+    Rules(&'a Retries),
+    Native(&'a NativeRetries),
+}
+
+/// A route's retries: its own, else the service's, else native `failover`'s.
+pub(crate) fn pick_retries<'a>(
+    own: Option<&'a Retries>,
+    service: Option<&'a Retries>,
+    native: Option<&'a NativeRetries>,
+) -> RouteRetries<'a> {
+    own.or(service)
+        .map(RouteRetries::Rules)
+        .or(native.map(RouteRetries::Native))
+        .unwrap_or(RouteRetries::None)
+}
+
 fn route_to(
     service: &str,
     m: route_match::PathSpecifier,
     timeout: Option<Dur>,
-    retries: Option<&Retries>,
-) -> Route {
-    Route {
+    retries: RouteRetries<'_>,
+) -> Vec<Route> {
+    let route = |retry_policy: Option<RetryPolicy>, headers: Vec<HeaderMatcher>| Route {
         r#match: Some(RouteMatch {
-            path_specifier: Some(m),
+            path_specifier: Some(m.clone()),
+            headers,
             ..Default::default()
         }),
         action: Some(route::Action::Route(RouteAction {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(service.to_string())),
             timeout: timeout.map(duration),
-            retry_policy: retries.map(retry_policy),
+            retry_policy,
             ..Default::default()
         })),
+        ..Default::default()
+    };
+    match retries {
+        RouteRetries::None => vec![route(None, Vec::new())],
+        RouteRetries::Rules(r) => vec![route(Some(retry_policy(r)), Vec::new())],
+        RouteRetries::Native(r) if r.non_idempotent => {
+            vec![route(Some(native_retry_policy(r)), Vec::new())]
+        }
+        // The router filter does not retry non-idempotent methods: neither does Envoy here.
+        RouteRetries::Native(r) => vec![
+            route(None, vec![non_idempotent_methods()]),
+            route(Some(native_retry_policy(r)), Vec::new()),
+        ],
+    }
+}
+
+fn non_idempotent_methods() -> HeaderMatcher {
+    HeaderMatcher {
+        name: ":method".to_string(),
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+            StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+                    regex: NON_IDEMPOTENT_METHODS.to_string(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
+        )),
         ..Default::default()
     }
 }
@@ -385,6 +512,10 @@ pub fn route_configuration(services: &BTreeSet<&String>, rules: &Rules) -> Route
         .iter()
         .map(|service| {
             let r = rules.service(service);
+            let native = match r.routing(service) {
+                Some(Routing::Native(native)) => native.retries,
+                _ => None,
+            };
             let mut routes: Vec<Route> = r
                 .routes
                 .iter()
@@ -398,18 +529,19 @@ pub fn route_configuration(services: &BTreeSet<&String>, rules: &Rules) -> Route
                         service,
                         m,
                         route.timeout.or(r.timeout),
-                        route.retries.as_ref().or(r.retries.as_ref()),
+                        pick_retries(route.retries.as_ref(), r.retries.as_ref(), native.as_ref()),
                     ))
                 })
+                .flatten()
                 .collect();
-            routes.push(route_to(
+            routes.extend(route_to(
                 service,
                 route_match::PathSpecifier::Prefix("/".to_string()),
                 r.timeout,
-                r.retries.as_ref(),
+                pick_retries(None, r.retries.as_ref(), native.as_ref()),
             ));
             let typed_per_filter_config: HashMap<String, Any> = r
-                .filters()
+                .filters(service)
                 .into_iter()
                 .map(|(filter, _)| {
                     (
@@ -520,8 +652,11 @@ mod tests {
 
     #[test]
     fn filters_need_their_module_and_are_enabled_only_on_their_service() {
-        let rules =
-            rules::parse("r", "services:\n  orders:\n    ratelimit: {rules: []}\n").unwrap();
+        let rules = rules::parse(
+            "r",
+            "services:\n  orders:\n    ratelimit: {rules: [{name: r, limits: [{algorithm: fixed_window, requests: 1, per: 1m}]}]}\n",
+        )
+        .unwrap();
         let dir = std::env::temp_dir().join(format!("meshguard-convert-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let err = snapshot(&registry(), &rules, &options(&dir)).unwrap_err();
@@ -565,5 +700,142 @@ mod tests {
         assert!(rc.virtual_hosts[0]
             .typed_per_filter_config
             .contains_key("meshguard.ratelimit.orders"));
+    }
+
+    fn decode_routes(snap: &Snapshot) -> RouteConfiguration {
+        let rc = snap
+            .set(ResourceType::Route)
+            .get(ROUTE_CONFIG_NAME)
+            .unwrap();
+        RouteConfiguration::decode(rc.body.value.as_slice()).unwrap()
+    }
+
+    fn decode_cluster(snap: &Snapshot, name: &str) -> Cluster {
+        let c = snap.set(ResourceType::Cluster).get(name).unwrap();
+        Cluster::decode(c.body.value.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn native_failover_sets_the_lb_policy_and_retries_on_other_hosts_except_for_posts() {
+        let rules = rules::parse(
+            "r",
+            "services:\n  orders:\n    router: {balancer: least_request, retries: 3, per_try_timeout: 1s}\n",
+        )
+        .unwrap();
+        let snap = snapshot(&registry(), &rules, &options(Path::new("/nonexistent"))).unwrap();
+        let cluster = decode_cluster(&snap, "orders");
+        assert_eq!(cluster.lb_policy, LbPolicy::LeastRequest as i32);
+        assert!(cluster.load_balancing_policy.is_none());
+        let rc = decode_routes(&snap);
+        let vh = &rc.virtual_hosts[0];
+        assert_eq!(vh.routes.len(), 2, "{:#?}", vh.routes);
+        let action = |r: &Route| match &r.action {
+            Some(route::Action::Route(a)) => a.clone(),
+            _ => panic!("not a route action"),
+        };
+        // POST, PATCH and CONNECT first, without retries (the router filter's rule).
+        let methods = &vh.routes[0].r#match.as_ref().unwrap().headers;
+        assert_eq!(methods[0].name, ":method");
+        assert!(action(&vh.routes[0]).retry_policy.is_none());
+        let retry = action(&vh.routes[1]).retry_policy.unwrap();
+        assert_eq!(retry.num_retries, Some(UInt32Value { value: 3 }));
+        assert_eq!(retry.retry_on, "5xx,reset,connect-failure");
+        assert_eq!(
+            retry.retry_host_predicate[0].name,
+            "envoy.retry_host_predicates.previous_hosts"
+        );
+        assert_eq!(
+            retry.per_try_timeout,
+            Some(Duration {
+                seconds: 1,
+                nanos: 0
+            })
+        );
+        assert!(vh.routes[1].r#match.as_ref().unwrap().headers.is_empty());
+    }
+
+    #[test]
+    fn native_failfast_has_no_retries() {
+        let rules = rules::parse(
+            "r",
+            "services:\n  orders:\n    router: {mode: failfast, balancer: random}\n",
+        )
+        .unwrap();
+        let snap = snapshot(&registry(), &rules, &options(Path::new("/nonexistent"))).unwrap();
+        assert_eq!(
+            decode_cluster(&snap, "orders").lb_policy,
+            LbPolicy::Random as i32
+        );
+        let rc = decode_routes(&snap);
+        assert_eq!(rc.virtual_hosts[0].routes.len(), 1);
+        let Some(route::Action::Route(action)) = &rc.virtual_hosts[0].routes[0].action else {
+            panic!("not a route action");
+        };
+        assert!(action.retry_policy.is_none());
+    }
+
+    #[test]
+    fn the_router_filter_gets_override_host_and_shares_its_vm_with_the_tenant_filter() {
+        let rules = rules::parse(
+            "r",
+            "services:\n  orders:\n    tenant: {identity: [{trusted_header: {cidrs: [10.0.0.0/8]}}], registry_service_tenants: true}\n    router: {mode: failback, consul: {cluster: consul}, failback: {cluster: orders}}\n  pay:\n    tenant: {identity: [{trusted_header: {cidrs: [10.0.0.0/8]}}]}\n",
+        )
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("meshguard-router-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["tenant", "router"] {
+            std::fs::write(dir.join(format!("meshguard_{f}.wasm")), b"\0asm").unwrap();
+        }
+        let snap = snapshot(&registry(), &rules, &options(&dir)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let cluster = decode_cluster(&snap, "orders");
+        let policy = &cluster.load_balancing_policy.unwrap().policies[0];
+        let ext = policy.typed_extension_config.as_ref().unwrap();
+        assert_eq!(ext.name, "envoy.load_balancing_policies.override_host");
+        let oh = OverrideHost::decode(ext.typed_config.as_ref().unwrap().value.as_slice()).unwrap();
+        assert_eq!(
+            oh.override_host_sources[0].header,
+            "x-meshguard-override-host"
+        );
+        let l = snap.set(ResourceType::Listener).get(LISTENER_NAME).unwrap();
+        let l = Listener::decode(l.body.value.as_slice()).unwrap();
+        let Some(filter::ConfigType::TypedConfig(hcm)) = &l.filter_chains[0].filters[0].config_type
+        else {
+            panic!("no hcm");
+        };
+        let hcm = HttpConnectionManager::decode(hcm.value.as_slice()).unwrap();
+        let vm_ids: Vec<(String, String)> = hcm
+            .http_filters
+            .iter()
+            .filter_map(|f| match &f.config_type {
+                Some(http_filter::ConfigType::TypedConfig(any))
+                    if f.name.starts_with("meshguard") =>
+                {
+                    let wasm = Wasm::decode(any.value.as_slice()).unwrap();
+                    match wasm.config.unwrap().vm {
+                        Some(plugin_config::Vm::VmConfig(vm)) => Some((f.name.clone(), vm.vm_id)),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            vm_ids,
+            vec![
+                (
+                    "meshguard.tenant.orders".to_string(),
+                    "meshguard.tenant-router.orders".to_string()
+                ),
+                (
+                    "meshguard.router.orders".to_string(),
+                    "meshguard.tenant-router.orders".to_string()
+                ),
+                (
+                    "meshguard.tenant.pay".to_string(),
+                    "meshguard.tenant.pay".to_string()
+                ),
+            ]
+        );
     }
 }

@@ -3,6 +3,7 @@
 mod convert;
 mod registry;
 mod render;
+mod routing;
 mod rules;
 mod run;
 mod status;
@@ -10,14 +11,15 @@ mod xds;
 
 pub use crate::{
     convert::{
-        filter_instance_name, snapshot, ConvertError, ConvertOptions, LISTENER_NAME,
+        filter_instance_name, filter_vm_id, snapshot, ConvertError, ConvertOptions, LISTENER_NAME,
         ROUTE_CONFIG_NAME,
     },
     registry::{
         consul::ConsulOptions, file::parse as parse_registry, file::FileRegistry, Endpoint, Health,
         Registry, RegistryEvent,
     },
-    render::{ads_bootstrap, static_bootstrap},
+    render::{ads_bootstrap, static_bootstrap, XdsApi},
+    routing::{NativeRetries, NativeRouting, Routing},
     rules::{load as load_rules, parse as parse_rules, RuleError, RuleErrors, Rules, ServiceRules},
     run::{default_wasm_dir, run, ControlPlane, RegistrySource, RulesSource, RunOptions},
     xds::{

@@ -56,18 +56,30 @@ enum Command {
         /// Envoy's admin port on 127.0.0.1.
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
+        /// Envoy's ADS flavour: `delta` (incremental, `DELTA_GRPC`; what this control plane
+        /// serves best at scale) or `sotw` (state of the world, `GRPC`).
+        #[arg(long, value_enum, default_value_t = XdsApiArg::Delta)]
+        xds_api: XdsApiArg,
     },
+}
+
+/// `--xds-api`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum XdsApiArg {
+    Delta,
+    Sotw,
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Registry: `file:services.yaml` (reloaded on change) or `consul://HOST:PORT`.
+    /// Registry: `file:services.yaml` (reloaded on change) or `consul://HOST:PORT[?dc=DC1,DC2]`.
     #[arg(long)]
     registry: String,
     /// Consul ACL token.
     #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
     consul_token: Option<String>,
-    /// Consul datacenter (default: the agent's).
+    /// Consul datacenter(s), comma-separated in failover order (default: the agent's, or the
+    /// registry URL's `?dc=`).
     #[arg(long)]
     consul_dc: Option<String>,
     /// Last-known-good registry file: written after every Consul change, served at start
@@ -138,7 +150,9 @@ fn main() -> ExitCode {
             RegistrySource::parse(&registry).and_then(|mut registry| {
                 if let RegistrySource::Consul(consul) = &mut registry {
                     consul.token = consul_token;
-                    consul.datacenter = consul_dc;
+                    if let Some(dcs) = &consul_dc {
+                        consul.set_datacenters(dcs);
+                    }
                     consul.snapshot_path = consul_snapshot;
                     consul.wait = Duration::from_secs(consul_wait_s.max(1));
                     consul.max_concurrency = consul_max_concurrency.max(1);
@@ -193,9 +207,17 @@ fn main() -> ExitCode {
             xds,
             node_id,
             admin_port,
+            xds_api,
             ..
         } => {
-            print!("{}", meshguard::ads_bootstrap(&node_id, xds, admin_port));
+            let api = match xds_api {
+                XdsApiArg::Delta => meshguard::XdsApi::Delta,
+                XdsApiArg::Sotw => meshguard::XdsApi::Sotw,
+            };
+            print!(
+                "{}",
+                meshguard::ads_bootstrap(&node_id, xds, admin_port, api)
+            );
             Ok(())
         }
     };

@@ -9,20 +9,38 @@ use std::net::SocketAddr;
 use serde_json::{json, Value};
 
 use crate::convert::{
-    endpoint_health, filter_instance_name, ConvertError, ConvertOptions, LISTENER_NAME,
-    ROUTE_CONFIG_NAME,
+    endpoint_health, filter_instance_name, filter_vm_id, pick_retries, ConvertError,
+    ConvertOptions, RouteRetries, LISTENER_NAME, ROUTE_CONFIG_NAME,
 };
 use crate::registry::Registry;
-use crate::rules::{Balancer, Dur, Retries, Rules};
+use crate::routing::{Routing, DEFAULT_OVERRIDE_HOST_HEADER, NON_IDEMPOTENT_METHODS};
+use crate::rules::{Balancer, Dur, Rules};
 
 /// The template, compiled in so the binary renders it anywhere.
 const TEMPLATE: &str = include_str!("../../envoy-configs/bootstrap-ads.yaml.tmpl");
 
-/// The bootstrap YAML for node `node_id` talking ADS to `xds`, admin on 127.0.0.1:`admin_port`.
-pub fn ads_bootstrap(node_id: &str, xds: SocketAddr, admin_port: u16) -> String {
+/// Envoy's ADS flavour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdsApi {
+    /// Incremental (`DELTA_GRPC`): only changed resources travel; what this control plane
+    /// serves best at scale (one instance change re-sends one ClusterLoadAssignment).
+    #[default]
+    Delta,
+    /// State of the world (`GRPC`): every resource of a type on each change.
+    Sotw,
+}
+
+/// The bootstrap YAML for node `node_id` talking ADS (`api`) to `xds`, admin on
+/// 127.0.0.1:`admin_port`.
+pub fn ads_bootstrap(node_id: &str, xds: SocketAddr, admin_port: u16, api: XdsApi) -> String {
     // JSON strings are valid YAML double-quoted scalars: any node id survives.
     let node = serde_json::Value::from(node_id).to_string();
-    TEMPLATE
+    // The template says `api_type: GRPC` (the demo and tests load it as it is).
+    let template = match api {
+        XdsApi::Sotw => TEMPLATE.to_string(),
+        XdsApi::Delta => TEMPLATE.replace("api_type: GRPC", "api_type: DELTA_GRPC"),
+    };
+    template
         .replace("{{NODE_ID}}", &node)
         .replace("{{ADMIN_PORT}}", &admin_port.to_string())
         .replace("{{XDS_ADDRESS}}", &xds.ip().to_string())
@@ -82,6 +100,17 @@ pub fn static_bootstrap(
             "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
             "load_assignment": {"cluster_name": service, "endpoints": endpoints},
         });
+        let routing = r.routing(service);
+        match &routing {
+            Some(Routing::Native(native)) => cluster["lb_policy"] = json!(native.lb_policy),
+            Some(Routing::Filter {
+                override_host_header,
+                ..
+            }) => {
+                cluster["load_balancing_policy"] = override_host_policy(override_host_header);
+            }
+            None => {}
+        }
         if let Some(o) = &r.outlier_detection {
             let mut od = json!({"consecutive_5xx": o.consecutive_5xx.unwrap_or(5)});
             if let Some(d) = o.interval {
@@ -98,7 +127,7 @@ pub fn static_bootstrap(
         clusters.push(cluster);
 
         let mut per_filter = serde_json::Map::new();
-        for (filter, config) in r.filters() {
+        for (filter, config) in r.filters(service) {
             let path = options.wasm_path(filter);
             if !path.is_file() {
                 return Err(ConvertError::MissingWasm {
@@ -121,7 +150,7 @@ pub fn static_bootstrap(
                         "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config},
                         "failure_policy": "FAIL_CLOSED",
                         "vm_config": {
-                            "vm_id": name,
+                            "vm_id": filter_vm_id(service, filter, &r),
                             "runtime": "envoy.wasm.runtime.v8",
                             "code": {"local": {"filename": filename}},
                         },
@@ -133,6 +162,10 @@ pub fn static_bootstrap(
                 json!({"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}),
             );
         }
+        let native = match &routing {
+            Some(Routing::Native(native)) => native.retries.clone(),
+            _ => None,
+        };
         let mut routes: Vec<Value> = r
             .routes
             .iter()
@@ -146,15 +179,16 @@ pub fn static_bootstrap(
                     service,
                     m,
                     route.timeout.or(r.timeout),
-                    route.retries.as_ref().or(r.retries.as_ref()),
+                    pick_retries(route.retries.as_ref(), r.retries.as_ref(), native.as_ref()),
                 ))
             })
+            .flatten()
             .collect();
-        routes.push(route_json(
+        routes.extend(route_json(
             service,
             json!({"prefix": "/"}),
             r.timeout,
-            r.retries.as_ref(),
+            pick_retries(None, r.retries.as_ref(), native.as_ref()),
         ));
         virtual_hosts.push(json!({
             "name": service,
@@ -200,19 +234,80 @@ fn duration(d: Dur) -> Value {
     json!(format!("{secs}.{nanos:09}s"))
 }
 
-fn route_json(service: &str, m: Value, timeout: Option<Dur>, retries: Option<&Retries>) -> Value {
-    let mut action = json!({"cluster": service});
-    if let Some(t) = timeout {
-        action["timeout"] = duration(t);
-    }
-    if let Some(r) = retries {
-        let mut policy = json!({"retry_on": r.on.join(","), "num_retries": r.attempts});
-        if let Some(t) = r.per_try_timeout {
-            policy["per_try_timeout"] = duration(t);
+fn route_json(
+    service: &str,
+    m: Value,
+    timeout: Option<Dur>,
+    retries: RouteRetries<'_>,
+) -> Vec<Value> {
+    let route = |policy: Option<Value>, headers: Option<Value>| {
+        let mut action = json!({"cluster": service});
+        if let Some(t) = timeout {
+            action["timeout"] = duration(t);
         }
-        action["retry_policy"] = policy;
+        if let Some(p) = policy {
+            action["retry_policy"] = p;
+        }
+        let mut m = m.clone();
+        if let Some(h) = headers {
+            m["headers"] = h;
+        }
+        json!({"match": m, "route": action})
+    };
+    match retries {
+        RouteRetries::None => vec![route(None, None)],
+        RouteRetries::Rules(r) => {
+            let mut policy = json!({"retry_on": r.on.join(","), "num_retries": r.attempts});
+            if let Some(t) = r.per_try_timeout {
+                policy["per_try_timeout"] = duration(t);
+            }
+            vec![route(Some(policy), None)]
+        }
+        RouteRetries::Native(r) => {
+            let mut policy = json!({
+                "retry_on": r.on,
+                "num_retries": r.attempts,
+                "retry_host_predicate": [{
+                    "name": "envoy.retry_host_predicates.previous_hosts",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"},
+                }],
+                "host_selection_retry_max_attempts": 3,
+            });
+            if let Some(ns) = r.per_try_timeout_ns {
+                policy["per_try_timeout"] = duration(Dur(ns));
+            }
+            let retried = route(Some(policy), None);
+            if r.non_idempotent {
+                vec![retried]
+            } else {
+                let methods = json!([{
+                    "name": ":method",
+                    "string_match": {"safe_regex": {"regex": NON_IDEMPOTENT_METHODS}},
+                }]);
+                vec![route(None, Some(methods)), retried]
+            }
+        }
     }
-    json!({"match": m, "route": action})
+}
+
+/// Envoy's `override_host` policy on the router filter's header, round robin without it.
+fn override_host_policy(header: &str) -> Value {
+    let header = if header.is_empty() {
+        DEFAULT_OVERRIDE_HOST_HEADER
+    } else {
+        header
+    };
+    json!({"policies": [{"typed_extension_config": {
+        "name": "envoy.load_balancing_policies.override_host",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost",
+            "override_host_sources": [{"header": header}],
+            "fallback_policy": {"policies": [{"typed_extension_config": {
+                "name": "envoy.load_balancing_policies.round_robin",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin"},
+            }}]},
+        },
+    }}]})
 }
 
 #[cfg(test)]
@@ -222,7 +317,13 @@ mod tests {
 
     #[test]
     fn fills_every_placeholder() {
-        let yaml = ads_bootstrap("edge \"1\"", "127.0.0.1:18000".parse().unwrap(), 9901);
+        let yaml = ads_bootstrap(
+            "edge \"1\"",
+            "127.0.0.1:18000".parse().unwrap(),
+            9901,
+            XdsApi::Sotw,
+        );
+        assert!(yaml.contains("api_type: GRPC"), "{yaml}");
         assert!(!yaml.contains("{{"), "{yaml}");
         assert!(yaml.contains("id: \"edge \\\"1\\\"\""), "{yaml}");
         assert!(yaml.contains("port_value: 18000"), "{yaml}");
@@ -230,6 +331,21 @@ mod tests {
         assert_eq!(
             doc["admin"]["address"]["socket_address"]["port_value"],
             9901
+        );
+    }
+
+    #[test]
+    fn delta_is_the_default_and_switches_the_api_type() {
+        let yaml = ads_bootstrap(
+            "n",
+            "127.0.0.1:18000".parse().unwrap(),
+            9901,
+            XdsApi::default(),
+        );
+        let doc: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(
+            doc["dynamic_resources"]["ads_config"]["api_type"],
+            "DELTA_GRPC"
         );
     }
 }

@@ -1,7 +1,9 @@
 //! The unified rules file: per service, native Envoy settings (timeouts, retries, outlier
-//! detection, balancer) and the meshguard filters' JSON (ratelimit, fallback, tenant), which
-//! is passed to the filter verbatim. Loading collects every error with its file, line, column
-//! and field path.
+//! detection, balancer), the meshguard filters' JSON (ratelimit, fallback, tenant), which is
+//! passed to the filter verbatim, and routing (`router`, see [`crate::routing`]). Loading
+//! collects every error with its file, line, column and field path; each filter section is
+//! checked by the filter's own parser (linked natively), so a section the filter would refuse
+//! never reaches Envoy.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,7 +12,10 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// The meshguard filters a service can carry, in request order.
+use crate::routing::{self, Routing};
+
+/// The meshguard filters whose section is the filter's JSON, in request order (the router
+/// filter, when a service needs it, runs after them).
 pub const FILTERS: [&str; 3] = ["tenant", "ratelimit", "fallback"];
 
 /// Allowed `retries.on` conditions (Envoy `x-envoy-retry-on` values).
@@ -72,20 +77,60 @@ pub struct ServiceRules {
     /// meshguard tenant filter configuration, passed verbatim (filters/tenant).
     #[serde(default)]
     pub tenant: Option<serde_json::Value>,
+    /// Routing: `mode` (failover, failfast, failsafe, failback), `balancer` and the router
+    /// filter's other per-service fields, plus its `consul` section when the filter is needed
+    /// (see the README for when Envoy routes natively).
+    #[serde(default)]
+    #[cfg_attr(test, schemars(schema_with = "router_schema"))]
+    pub router: Option<serde_json::Value>,
     /// Extra routes before the default `/` route, first match wins.
     #[serde(default)]
     pub routes: Vec<RouteRule>,
 }
 
 impl ServiceRules {
-    /// The filters this service carries: (filter name, JSON configuration), in request order.
-    pub fn filters(&self) -> Vec<(&'static str, String)> {
-        FILTERS
+    /// The filters `service` carries: (filter name, JSON configuration), in request order.
+    pub fn filters(&self, service: &str) -> Vec<(&'static str, String)> {
+        let mut filters: Vec<(&'static str, String)> = FILTERS
             .into_iter()
             .zip([&self.tenant, &self.ratelimit, &self.fallback])
             .filter_map(|(name, config)| config.as_ref().map(|c| (name, c.to_string())))
-            .collect()
+            .collect();
+        if let Some(Routing::Filter { json, .. }) = self.routing(service) {
+            filters.push(("router", json));
+        }
+        filters
     }
+
+    /// How `service` is routed, when it has a `router` section.
+    pub fn routing(&self, service: &str) -> Option<Routing> {
+        let section = self.router.as_ref()?.as_object()?;
+        Some(routing::plan(service, section))
+    }
+
+    /// Whether the tenant and router filters both run, and so share one VM id (the router
+    /// publishes the service → tenant map in shared data, which Envoy scopes by VM id).
+    pub fn shares_tenant_vm(&self, service: &str) -> bool {
+        self.tenant.is_some() && matches!(self.routing(service), Some(Routing::Filter { .. }))
+    }
+}
+
+#[cfg(test)]
+fn router_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "description": "Routing: the router filter's per-service fields (filters/router/config.schema.json `Service`, without `name`) plus its `consul` and `override_host_header`. failover/failfast with round_robin, weighted_round_robin, random or least_request and only retries, retry_on, per_try_timeout, retry_non_idempotent are native Envoy settings; anything else runs the router filter and needs `consul`.",
+        "properties": {
+            "mode": {"enum": ["failover", "failfast", "failsafe", "failback"]},
+            "balancer": {"enum": ["round_robin", "weighted_round_robin", "random", "weighted_random", "least_request", "response_time_weighted", "consistent_hash"]},
+            "retries": {"type": "integer", "minimum": 0, "maximum": 10},
+            "retry_on": {"type": "array", "items": {"type": "string"}},
+            "per_try_timeout": {"type": "string"},
+            "retry_non_idempotent": {"type": "boolean"},
+            "consul": {"type": "object"},
+            "override_host_header": {"type": "string"}
+        }
+    })
 }
 
 /// A route of a service.
@@ -392,7 +437,7 @@ pub fn parse(file: &str, text: &str) -> Result<Rules, RuleErrors> {
             }
             match typed::<ServiceRules>(serde_yaml::Value::Mapping(good)) {
                 Ok(service) => {
-                    for (path, message) in validate_service(&service) {
+                    for (path, message) in validate_service(&name, &service) {
                         let full: Vec<Seg> = base.iter().cloned().chain(path).collect();
                         errors.push(at(&full, message));
                     }
@@ -462,7 +507,7 @@ fn typed<T: DeserializeOwned>(value: serde_yaml::Value) -> Result<T, (Vec<Seg>, 
     })
 }
 
-fn validate_service(s: &ServiceRules) -> Vec<(Vec<Seg>, String)> {
+fn validate_service(service: &str, s: &ServiceRules) -> Vec<(Vec<Seg>, String)> {
     let key = |k: &str| Seg::Key(k.to_string());
     let mut errors = Vec::new();
     for (name, config) in FILTERS
@@ -474,6 +519,29 @@ fn validate_service(s: &ServiceRules) -> Vec<(Vec<Seg>, String)> {
                 errors.push((
                     vec![key(name)],
                     "must be the filter's JSON configuration object".to_string(),
+                ));
+            } else if let Err((path, message)) = check_filter(name, config) {
+                errors.push((std::iter::once(key(name)).chain(path).collect(), message));
+            }
+        }
+    }
+    if let Some(router) = &s.router {
+        errors.extend(
+            check_router(service, router)
+                .into_iter()
+                .map(|(p, m)| (std::iter::once(key("router")).chain(p).collect(), m)),
+        );
+        for field in ["balancer", "retries"] {
+            let set = match field {
+                "balancer" => s.balancer.is_some(),
+                _ => s.retries.is_some(),
+            };
+            if set {
+                errors.push((
+                    vec![key(field)],
+                    format!(
+                        "conflicts with `router`: set the service's {field} in `router.{field}`"
+                    ),
                 ));
             }
         }
@@ -535,6 +603,117 @@ fn validate_service(s: &ServiceRules) -> Vec<(Vec<Seg>, String)> {
     errors
 }
 
+/// Checks a filter section with the filter's own parser and compiler (what its
+/// `on_configure` runs), returning the error's path inside the section.
+fn check_filter(filter: &str, config: &serde_json::Value) -> Result<(), (Vec<Seg>, String)> {
+    let validate: fn(&[u8]) -> Result<(), String> = match filter {
+        "tenant" => meshguard_tenant::validate_config,
+        "ratelimit" => meshguard_ratelimit::validate_config,
+        "fallback" => meshguard_fallback::validate_config,
+        _ => meshguard_router::validate_config,
+    };
+    validate(config.to_string().as_bytes()).map_err(|e| split_filter_error(&e, |p| p))
+}
+
+/// The router section, checked by the router filter's parser on the JSON the section becomes
+/// (with a placeholder `consul` when Envoy routes natively and none is given).
+fn check_router(service: &str, section: &serde_json::Value) -> Vec<(Vec<Seg>, String)> {
+    let Some(section) = section.as_object() else {
+        return vec![(
+            Vec::new(),
+            "must be a mapping (mode, balancer, … of the router filter)".into(),
+        )];
+    };
+    let mut section = section.clone();
+    // Without `consul` a placeholder lets the filter's parser check everything else first.
+    let needs_consul = !section.contains_key("consul");
+    if needs_consul {
+        section.insert("consul".into(), serde_json::json!({"cluster": "consul"}));
+    }
+    let json = routing::filter_json(service, &section).to_string();
+    if let Err(e) = meshguard_router::validate_config(json.as_bytes()) {
+        return vec![split_filter_error(&e, routing::section_path)];
+    }
+    match routing::needs_filter(&section) {
+        Some(reason) if needs_consul => vec![(
+            Vec::new(),
+            format!(
+                "needs `consul` (the router filter's Consul section): {reason} is done by the \
+                 router filter, which watches Consul itself"
+            ),
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// Splits a filter's `path: message` error into path segments (mapped by `map` first) and the
+/// message; a message without a path stays whole. An unknown field's name joins the path.
+fn split_filter_error(error: &str, map: impl Fn(&str) -> &str) -> (Vec<Seg>, String) {
+    let (mut path, message) = match error.split_once(": ") {
+        Some((p, m)) => match parse_path(map(p)) {
+            Some(path) => (path, m.to_string()),
+            None => (Vec::new(), error.to_string()),
+        },
+        None => (Vec::new(), error.to_string()),
+    };
+    if let Some(unknown) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        if path.last() != Some(&Seg::Key(unknown.to_string())) {
+            path.push(Seg::Key(unknown.to_string()));
+        }
+    }
+    (path, strip_json_position(message))
+}
+
+/// Drops serde_json's ` at line L column C`: it points into the JSON meshguard made from the
+/// section, not into the rules file.
+fn strip_json_position(message: String) -> String {
+    if let Some(at) = message.rfind(" at line ") {
+        let rest = &message[at + " at line ".len()..];
+        let mut words = rest.split(' ');
+        let position = matches!(
+            (words.next(), words.next(), words.next(), words.next()),
+            (Some(l), Some("column"), Some(c), None)
+                if l.bytes().all(|b| b.is_ascii_digit()) && c.bytes().all(|b| b.is_ascii_digit())
+        );
+        if position {
+            return message[..at].to_string();
+        }
+    }
+    message
+}
+
+/// Parses `a.b[2].c` (or an empty string) into segments; `None` when it is not a path.
+fn parse_path(text: &str) -> Option<Vec<Seg>> {
+    let mut path = Vec::new();
+    for part in text.split('.').filter(|p| !p.is_empty()) {
+        let (name, mut rest) = part.split_at(part.find('[').unwrap_or(part.len()));
+        let is_name = |n: &str| {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        };
+        if !name.is_empty() {
+            if !is_name(name) {
+                return None;
+            }
+            path.push(Seg::Key(name.to_string()));
+        }
+        while !rest.is_empty() {
+            let end = rest.find(']')?;
+            let index = rest.get(1..end)?.parse().ok()?;
+            if !rest.starts_with('[') {
+                return None;
+            }
+            path.push(Seg::Index(index));
+            rest = &rest[end + 1..];
+        }
+    }
+    Some(path)
+}
+
 fn validate_retries(r: &Retries) -> Vec<(Vec<Seg>, String)> {
     let mut errors = Vec::new();
     if !(1..=10).contains(&r.attempts) {
@@ -577,6 +756,8 @@ fn locate(text: &str, path: &[Seg]) -> (usize, usize) {
                 pos = p;
                 found = Some(p);
             }
+            // A flow (`[{…}]`) or JSON list: its first element's keys come next.
+            None if *seg == Seg::Index(0) => {}
             None => break,
         }
     }
@@ -642,7 +823,7 @@ services:
     retries: {attempts: 2, on: [5xx, connect-failure], per_try_timeout: 500ms}
     outlier_detection: {consecutive_5xx: 3, interval: 1s}
     balancer: least_request
-    ratelimit: {rules: [{name: all, limits: [{requests: 3, per: 1m}]}]}
+    ratelimit: {rules: [{name: all, limits: [{algorithm: fixed_window, requests: 3, per: 1m}]}]}
     routes:
     - prefix: /slow
       timeout: 10s
@@ -655,7 +836,7 @@ services:
         assert_eq!(orders.timeout, Some(Dur(2_000_000_000)));
         assert_eq!(orders.retries.as_ref().unwrap().attempts, 2);
         assert_eq!(orders.balancer, Some(Balancer::LeastRequest));
-        let filters = orders.filters();
+        let filters = orders.filters("orders");
         assert_eq!(filters.len(), 1);
         assert_eq!(filters[0].0, "ratelimit");
         assert!(filters[0].1.starts_with("{\"rules\":"), "{}", filters[0].1);
@@ -745,6 +926,185 @@ services:
         let errors = parse("r.yaml", "services:\n  orders: {timeout: 1s\n").unwrap_err();
         assert_eq!(errors.0.len(), 1);
         assert!(errors.0[0].line >= 2, "{}", errors.0[0]);
+    }
+
+    #[test]
+    fn a_bad_filter_section_is_reported_at_the_offending_key_with_the_filters_message() {
+        let text = "\
+services:
+  orders:
+    ratelimit:
+      rules:
+      - name: all
+        limits:
+        - {algorithm: fixed_window, requests: 0, per: 1m}
+";
+        let errors = parse("r.yaml", text).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        let e = &errors.0[0];
+        assert_eq!(
+            e.field, "services.orders.ratelimit.rules[0].limits[0].requests",
+            "{e}"
+        );
+        assert_eq!((e.line, e.column), (7, 37), "{e}");
+        // The filter's own message, byte for byte what its on_configure would log.
+        let json = r#"{"rules":[{"name":"all","limits":[{"algorithm":"fixed_window","requests":0,"per":"1m"}]}]}"#;
+        let filter = meshguard_ratelimit::validate_config(json.as_bytes()).unwrap_err();
+        assert_eq!(
+            filter,
+            format!("rules[0].limits[0].requests: {}", e.message)
+        );
+    }
+
+    #[test]
+    fn every_filter_section_is_checked_by_its_filter() {
+        let text = "\
+services:
+  a:
+    fallback:
+      breakers:
+      - name: b
+        trip: {consecutive_failures: 5}
+        fallback: {static: {status: 200}}
+        surprise: 1
+  b:
+    tenant: {identity: [{trusted_header: {cidrs: [10.0.0.1/8]}}]}
+  c:
+    ratelimit: {rules: []}
+";
+        let errors = parse("r.yaml", text).unwrap_err();
+        let fields: Vec<(&str, usize)> = errors
+            .0
+            .iter()
+            .map(|e| (e.field.as_str(), e.line))
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                ("services.a.fallback.breakers[0].surprise", 8),
+                ("services.b.tenant.identity[0].trusted_header.cidrs[0]", 10),
+                ("services.c.ratelimit.rules", 12),
+            ],
+            "{errors}"
+        );
+        assert!(
+            errors.0[0].message.starts_with("unknown field `surprise`"),
+            "{errors}"
+        );
+        assert!(errors.0[1].message.contains("host bits"), "{errors}");
+    }
+
+    #[test]
+    fn a_json_filter_section_is_located_inside_the_section() {
+        let text = "{\"services\": {\"orders\": {\n  \"fallback\": {\"breakers\": [{\"name\": \"b\",\n    \"trip\": {\"consecutive_failures\": 0}}]}}}}\n";
+        let errors = parse("r.json", text).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        let e = &errors.0[0];
+        assert!(
+            e.field
+                .starts_with("services.orders.fallback.breakers[0].trip"),
+            "{e}"
+        );
+        assert_eq!(e.line, 3, "{e}");
+    }
+
+    #[test]
+    fn a_native_router_section_becomes_envoy_settings() {
+        let text = "services:\n  orders:\n    router: {mode: failover, balancer: least_request, retries: 3}\n";
+        let rules = parse("r.yaml", text).unwrap();
+        let orders = &rules.services["orders"];
+        assert!(matches!(
+            orders.routing("orders"),
+            Some(Routing::Native(routing::NativeRouting {
+                lb_policy: "LEAST_REQUEST",
+                retries: Some(_)
+            }))
+        ));
+        assert!(orders.filters("orders").is_empty());
+    }
+
+    #[test]
+    fn a_router_section_envoy_cannot_do_runs_the_router_filter_and_shares_the_tenant_vm() {
+        let text = "\
+services:
+  orders:
+    tenant: {identity: [{trusted_header: {cidrs: [10.0.0.0/8]}}], registry_service_tenants: true}
+    router:
+      mode: failsafe
+      consul: {cluster: consul}
+      fallback_response: {status: 202}
+";
+        let rules = parse("r.yaml", text).unwrap();
+        let orders = &rules.services["orders"];
+        let filters = orders.filters("orders");
+        let names: Vec<&str> = filters.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, vec!["tenant", "router"]);
+        let router: serde_json::Value = serde_json::from_str(&filters[1].1).unwrap();
+        assert_eq!(router["services"][0]["name"], "orders");
+        assert_eq!(router["consul"]["cluster"], "consul");
+        assert!(meshguard_router::validate_config(filters[1].1.as_bytes()).is_ok());
+        assert!(orders.shares_tenant_vm("orders"));
+    }
+
+    #[test]
+    fn router_errors_name_the_field_inside_the_router_section() {
+        let text = "\
+services:
+  orders:
+    balancer: random
+    router:
+      mode: failover
+      retries: 11
+  pay:
+    router: {mode: failsafe}
+  ship:
+    router: {mode: sometimes}
+";
+        let errors = parse("r.yaml", text).unwrap_err();
+        let found: Vec<(String, usize, usize)> = errors
+            .0
+            .iter()
+            .map(|e| (e.field.clone(), e.line, e.column))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                ("services.orders.balancer".to_string(), 3, 5),
+                ("services.orders.router.retries".to_string(), 6, 7),
+                ("services.pay.router".to_string(), 8, 5),
+                ("services.ship.router.mode".to_string(), 10, 14),
+            ],
+            "{errors}"
+        );
+        assert!(errors.0[2].message.contains("needs `consul`"), "{errors}");
+        assert!(
+            errors.0[3].message.contains("unknown variant `sometimes`"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn filter_error_paths_parse_and_plain_messages_stay_whole() {
+        assert_eq!(
+            parse_path("rules[0].limits[12].requests"),
+            Some(vec![
+                Seg::Key("rules".into()),
+                Seg::Index(0),
+                Seg::Key("limits".into()),
+                Seg::Index(12),
+                Seg::Key("requests".into())
+            ])
+        );
+        assert_eq!(parse_path("invalid duration `x`"), None);
+        let (path, message) = split_filter_error("the configuration is empty: expected", |p| p);
+        assert!(path.is_empty());
+        assert_eq!(message, "the configuration is empty: expected");
+        let (path, message) = split_filter_error(
+            "rules[0].limits[0]: missing field `algorithm` at line 1 column 46",
+            |p| p,
+        );
+        assert_eq!(path.len(), 4);
+        assert_eq!(message, "missing field `algorithm`");
     }
 
     /// The checked-in `rules.schema.json` matches the types; regenerate with

@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::convert::{self, ConvertOptions};
+use crate::convert::ConvertOptions;
 use crate::registry::consul::{self, ConsulOptions};
 use crate::registry::file;
 use crate::registry::{Registry, RegistryEvent};
@@ -26,15 +26,21 @@ use crate::xds::cache::{Resource, ResourceType, SnapshotCache};
 
 /// Where the registry comes from.
 #[derive(Debug, Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "built once at start-up; boxing would only complicate callers"
+)]
 pub enum RegistrySource {
     /// `file:PATH`: a YAML/JSON file, reloaded on change.
     File(PathBuf),
-    /// `consul://HOST:PORT`: a Consul agent, watched with blocking queries.
+    /// `consul://HOST:PORT[?dc=DC1,DC2]`: a Consul agent, watched with blocking queries (in
+    /// each listed datacenter).
     Consul(ConsulOptions),
 }
 
 impl RegistrySource {
-    /// Parses `file:PATH` or `consul://HOST:PORT` (Consul with default options).
+    /// Parses `file:PATH` or `consul://HOST:PORT[?dc=DC1,DC2]` (Consul with default options;
+    /// `dc` lists the datacenters in failover order, the first being the local one).
     pub fn parse(text: &str) -> Result<Self> {
         if let Some(path) = text.strip_prefix("file:") {
             if path.is_empty() {
@@ -42,20 +48,25 @@ impl RegistrySource {
             }
             return Ok(Self::File(PathBuf::from(path)));
         }
-        if let Some(authority) = text.strip_prefix("consul://") {
+        if let Some(rest) = text.strip_prefix("consul://") {
+            let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
             let authority = authority.trim_end_matches('/');
             if authority.is_empty() || authority.contains('/') {
-                bail!("--registry consul://HOST:PORT, got {text:?}");
+                bail!("--registry consul://HOST:PORT[?dc=DC1,DC2], got {text:?}");
             }
-            return Ok(Self::Consul(ConsulOptions::new(authority)));
+            let mut options = ConsulOptions::new(authority);
+            options
+                .apply_query(query)
+                .map_err(|e| anyhow::anyhow!("--registry {text:?}: {e}"))?;
+            return Ok(Self::Consul(options));
         }
-        bail!("unsupported --registry {text:?}: expected file:PATH or consul://HOST:PORT")
+        bail!("unsupported --registry {text:?}: expected file:PATH or consul://HOST:PORT[?dc=DC1,DC2]")
     }
 
     fn describe(&self) -> String {
         match self {
             Self::File(path) => format!("file:{}", path.display()),
-            Self::Consul(options) => format!("consul://{}", options.authority),
+            Self::Consul(options) => options.describe(),
         }
     }
 }
@@ -516,7 +527,7 @@ fn publish(shared: &Shared, options: &ConvertOptions) {
         live.snapshot_error = Some("waiting for valid rules".to_string());
         return;
     }
-    match convert::snapshot(registry, &live.rules, options) {
+    match crate::registry::eds::snapshot(registry, &live.rules, options) {
         Ok(snapshot) => {
             tracing::info!(
                 cds = snapshot.version(ResourceType::Cluster),
@@ -562,7 +573,7 @@ fn publish_services(shared: &Shared, options: &ConvertOptions, names: &BTreeSet<
         .iter()
         .map(|name| {
             let instances = registry.services.get(name).map_or(&[][..], Vec::as_slice);
-            convert::endpoint_resource(name, instances)
+            crate::registry::eds::endpoint_resource(name, instances)
         })
         .collect();
     match base.with_updates(ResourceType::Endpoint, updates) {
@@ -653,7 +664,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::registry::{Endpoint, Health};
+    use crate::convert;
+    use crate::registry::Endpoint;
 
     fn shared() -> Shared {
         Shared {
@@ -674,14 +686,7 @@ mod tests {
     }
 
     fn ep(port: u16) -> Endpoint {
-        Endpoint {
-            address: "10.0.0.1".to_string(),
-            port,
-            health: Health::Passing,
-            weight: 1,
-            warning_weight: 1,
-            zone: None,
-        }
+        Endpoint::new("10.0.0.1", port)
     }
 
     fn changed(name: &str, instances: Option<Vec<Endpoint>>) -> RegistryEvent {

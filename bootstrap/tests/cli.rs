@@ -23,7 +23,7 @@ fn validate_accepts_the_example_rules() -> Result<()> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/rules.yaml");
     let (code, stdout, _) = meshguard(&["validate", path])?;
     ensure!(code == 0, "{stdout}");
-    ensure!(stdout.trim_end().ends_with("ok (2 services)"), "{stdout}");
+    ensure!(stdout.trim_end().ends_with("ok (3 services)"), "{stdout}");
     Ok(())
 }
 
@@ -56,6 +56,131 @@ fn validate_prints_every_error_with_its_location_and_fails() -> Result<()> {
         "{stdout}"
     );
     ensure!(stderr.contains("3 error(s)"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn validate_checks_filter_sections_with_the_filters_own_parsers() -> Result<()> {
+    let dir = TempDir::new("validate-filters")?;
+    let path = dir.write(
+        "rules.yaml",
+        "\
+services:
+  orders:
+    ratelimit:
+      rules:
+      - name: r
+        limits:
+        - algorithm: fixed_window
+          requests: 0
+          per: 1m
+    fallback: {breakers: [{name: b, trip: {consecutive_failures: 5}, fallback: {static: {status: 99}}}]}
+  pay:
+    router: {mode: failback, balancer: least_request}
+",
+    )?;
+    let file = path.display().to_string();
+    let (code, stdout, stderr) = meshguard(&["validate", &file])?;
+    ensure!(code == 1, "exit {code}: {stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    ensure!(lines.len() == 3, "{stdout}");
+    // The offending key inside the section, named by the filter.
+    ensure!(
+        lines[0].starts_with(&format!(
+            "{file}:8:11: services.orders.ratelimit.rules[0].limits[0].requests: "
+        )),
+        "{stdout}"
+    );
+    ensure!(
+        lines[1].starts_with(&format!(
+            "{file}:10:90: services.orders.fallback.breakers[0].fallback.static.status: "
+        )),
+        "{stdout}"
+    );
+    ensure!(
+        lines[2].starts_with(&format!("{file}:12:5: services.pay.router.failback: ")),
+        "{stdout}"
+    );
+    ensure!(stderr.contains("3 error(s)"), "{stderr}");
+
+    // The same sections, fixed, pass.
+    dir.write(
+        "rules.yaml",
+        "services:\n  orders:\n    ratelimit: {rules: [{name: r, limits: [{algorithm: fixed_window, requests: 1, per: 1m}]}]}\n  pay:\n    router: {mode: failback, consul: {cluster: consul}, failback: {cluster: pay}}\n",
+    )?;
+    let (code, stdout, _) = meshguard(&["validate", &file])?;
+    ensure!(code == 0, "{stdout}");
+    Ok(())
+}
+
+#[test]
+fn render_defaults_to_delta_ads_and_sotw_is_a_choice() -> Result<()> {
+    let api = |args: &[&str]| -> Result<String> {
+        let (code, stdout, stderr) = meshguard(args)?;
+        ensure!(code == 0, "{stderr}");
+        let doc: serde_yaml::Value = serde_yaml::from_str(&stdout)?;
+        Ok(doc["dynamic_resources"]["ads_config"]["api_type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    };
+    ensure!(api(&["render"])? == "DELTA_GRPC");
+    ensure!(api(&["render", "--xds-api", "delta"])? == "DELTA_GRPC");
+    ensure!(api(&["render", "--xds-api", "sotw"])? == "GRPC");
+    let (code, _, stderr) = meshguard(&["render", "--xds-api", "rest"])?;
+    ensure!(code == 2, "exit {code}: {stderr}");
+    Ok(())
+}
+
+#[test]
+fn render_static_carries_native_routing_and_the_router_filter() -> Result<()> {
+    let dir = TempDir::new("render-router")?;
+    dir.write(
+        "services.yaml",
+        "services: {orders: [{address: 127.0.0.1, port: 9}], pay: [{address: 127.0.0.1, port: 10}]}\n",
+    )?;
+    let rules = dir.write(
+        "rules.yaml",
+        "services:\n  orders:\n    router: {balancer: least_request, retries: 1}\n  pay:\n    router: {mode: failsafe, consul: {cluster: consul}}\n",
+    )?;
+    let wasm = dir.path().join("wasm");
+    std::fs::create_dir_all(&wasm)?;
+    std::fs::write(wasm.join("meshguard_router.wasm"), b"\0asm")?;
+    let registry = format!("file:{}", dir.path().join("services.yaml").display());
+    let (code, stdout, stderr) = meshguard(&[
+        "render",
+        "--static",
+        "--registry",
+        &registry,
+        "--rules",
+        &rules.display().to_string(),
+        "--wasm-dir",
+        &wasm.display().to_string(),
+    ])?;
+    ensure!(code == 0, "{stderr}");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&stdout)?;
+    let clusters = &doc["static_resources"]["clusters"];
+    ensure!(
+        clusters[0]["name"] == "orders" && clusters[0]["lb_policy"] == "LEAST_REQUEST",
+        "{stdout}"
+    );
+    ensure!(
+        clusters[1]["load_balancing_policy"]["policies"][0]["typed_extension_config"]["name"]
+            == "envoy.load_balancing_policies.override_host",
+        "{stdout}"
+    );
+    let hcm =
+        &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    ensure!(
+        hcm["http_filters"][0]["name"] == "meshguard.router.pay",
+        "{stdout}"
+    );
+    let orders = &hcm["route_config"]["virtual_hosts"][0]["routes"];
+    ensure!(
+        orders[0]["match"]["headers"][0]["name"] == ":method"
+            && orders[1]["route"]["retry_policy"]["num_retries"] == 1,
+        "{stdout}"
+    );
     Ok(())
 }
 

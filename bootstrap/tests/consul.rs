@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use meshguard_fake_consul::{FakeConsul, Fault, Health, Instance};
+use meshguard_fake_consul::{FakeConsul, Fault, Health, Instance, Options};
 use meshguard_tests::TestUpstream;
 use serde_json::Value;
 use support::{get, start_envoy, ControlPlane, TempDir};
@@ -278,6 +278,189 @@ fn rules_from_consul_kv_are_watched_and_a_bad_value_keeps_the_last_good_rules() 
     );
     cp.wait_status("the fixed KV rules", |s| {
         s["rules"]["services"] == 2 && s["rules"]["last_error"].is_null()
+    })?;
+    Ok(())
+}
+
+/// The control plane against a fake Consul serving `dc1` (local) and `dc2`, with the
+/// registry URL listing both.
+fn start_two_dcs(dir: &TempDir, consul: &FakeConsul) -> Result<ControlPlane> {
+    dir.write("rules.yaml", "services: {}\n")?;
+    let registry = format!("consul://127.0.0.1:{}?dc=dc1,dc2", consul.port());
+    ControlPlane::start_with(dir, &registry, &["--consul-wait-s", "1"])
+}
+
+fn two_dc_consul() -> Result<FakeConsul> {
+    FakeConsul::start_with(Options {
+        datacenters: vec!["dc2".into()],
+        ..Options::default()
+    })
+}
+
+/// `(port, datacenter, priority)` of `service`'s endpoints in a `/registry` document.
+fn placements(doc: &Value, service: &str) -> Vec<(u64, String, u64)> {
+    let mut out: Vec<(u64, String, u64)> = doc["registry"]["services"][service]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|e| {
+                    (
+                        e["port"].as_u64().unwrap_or_default(),
+                        e["datacenter"].as_str().unwrap_or_default().to_string(),
+                        e["priority"].as_u64().unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[test]
+fn syncs_every_datacenter_local_first_with_spring_cloud_metadata() -> Result<()> {
+    let consul = two_dc_consul()?;
+    // Spring Cloud Consul 2+ puts zone/secure/group in Meta; 1.x (or `discovery.tags`) in tags.
+    consul.register(
+        Instance::new("orders-8081", "orders", "127.0.0.1", 8081)
+            .meta("secure", "true")
+            .meta("zone", "zone-a")
+            .meta("group", "blue"),
+    );
+    consul.register(
+        Instance::new("orders-8082", "orders", "127.0.0.1", 8082)
+            .tag("secure=false")
+            .tag("zone=zone-b"),
+    );
+    consul.register(Instance::new("orders-9081", "orders", "127.0.0.2", 9081).datacenter("dc2"));
+    consul.register(Instance::new("billing-9", "billing", "127.0.0.2", 9090).datacenter("dc2"));
+    let dir = TempDir::new("consul-dcs")?;
+    let cp = start_two_dcs(&dir, &consul)?;
+    let doc = cp.wait_registry("both datacenters", |d| {
+        placements(d, "orders").len() == 3 && placements(d, "billing").len() == 1
+    })?;
+    ensure!(
+        placements(&doc, "orders")
+            == vec![
+                (8081, "dc1".into(), 0),
+                (8082, "dc1".into(), 0),
+                (9081, "dc2".into(), 1)
+            ],
+        "{doc:#}"
+    );
+    ensure!(
+        placements(&doc, "billing") == vec![(9090, "dc2".into(), 1)],
+        "a service only in dc2 is synced too: {doc:#}"
+    );
+    let orders = doc["registry"]["services"]["orders"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let by_port = |p: u64| orders.iter().find(|e| e["port"] == p).cloned();
+    let meta = by_port(8081).unwrap_or_default();
+    ensure!(
+        meta["zone"] == "zone-a" && meta["secure"] == true && meta["group"] == "blue",
+        "Spring Cloud Meta: {meta}"
+    );
+    let tags = by_port(8082).unwrap_or_default();
+    ensure!(
+        tags["zone"] == "zone-b" && tags.get("secure").is_none() && tags.get("group").is_none(),
+        "Spring Cloud tags: {tags}"
+    );
+    let status = cp.status()?;
+    ensure!(
+        status["registry"]["source"] == format!("consul://127.0.0.1:{}?dc=dc1,dc2", consul.port()),
+        "{status:#}"
+    );
+    let requests = consul.requests();
+    for (path, dc) in [
+        ("/v1/catalog/services", "dc1"),
+        ("/v1/catalog/services", "dc2"),
+        ("/v1/health/service/orders", "dc1"),
+        ("/v1/health/service/orders", "dc2"),
+    ] {
+        ensure!(
+            requests
+                .iter()
+                .any(|r| r.path == path && r.query_param("dc") == Some(dc)),
+            "no {path}?dc={dc}"
+        );
+    }
+
+    // dc1 loses every healthy instance: dc2's remain, still at their priority; dc1 returns.
+    consul.set_health("orders-8081", Health::Critical);
+    consul.set_health("orders-8082", Health::Critical);
+    cp.wait_registry("only dc2", |d| {
+        placements(d, "orders") == vec![(9081, "dc2".into(), 1)]
+    })?;
+    consul.set_health("orders-8081", Health::Passing);
+    consul.set_health("orders-8082", Health::Passing);
+    cp.wait_registry("dc1 back", |d| placements(d, "orders").len() == 3)?;
+    // The last datacenter with instances keeps its last good list (never an empty service).
+    consul.set_health("orders-9081", Health::Critical);
+    cp.wait_registry("dc2's instance out", |d| placements(d, "orders").len() == 2)?;
+    Ok(())
+}
+
+#[test]
+fn a_registry_url_with_an_unknown_parameter_is_refused() -> Result<()> {
+    let Err(e) = meshguard::RegistrySource::parse("consul://127.0.0.1:8500?zone=a") else {
+        anyhow::bail!("accepted an unknown parameter");
+    };
+    ensure!(
+        format!("{e:#}").contains("unknown parameter \"zone=a\""),
+        "{e:#}"
+    );
+    let Ok(meshguard::RegistrySource::Consul(options)) =
+        meshguard::RegistrySource::parse("consul://127.0.0.1:8500?dc=dc1,dc2,dc1")
+    else {
+        anyhow::bail!("refused a dc list");
+    };
+    ensure!(options.datacenter.as_deref() == Some("dc1"));
+    ensure!(options.failover_datacenters == vec!["dc2".to_string()]);
+    Ok(())
+}
+
+#[test]
+fn envoy_prefers_the_local_datacenter_fails_over_to_the_next_and_back() -> Result<()> {
+    let local = TestUpstream::start_named("dc1-orders")?;
+    let remote = TestUpstream::start_named("dc2-orders")?;
+    let consul = two_dc_consul()?;
+    consul.register(Instance::new("o1", "orders", "127.0.0.1", local.port()));
+    consul.register(Instance::new("o2", "orders", "127.0.0.1", remote.port()).datacenter("dc2"));
+    let dir = TempDir::new("consul-dcs-envoy")?;
+    let cp = start_two_dcs(&dir, &consul)?;
+    cp.wait_registry("both", |d| placements(d, "orders").len() == 2)?;
+    let envoy = start_envoy(&cp, "consul-dcs")?;
+    support::wait_response(&envoy, "orders", "dc1", |r| {
+        r.header("x-upstream") == Some("dc1-orders")
+    })?;
+    let clusters = envoy.admin_get("/clusters")?;
+    for (port, priority) in [(local.port(), 0), (remote.port(), 1)] {
+        let line = format!("orders::127.0.0.1:{port}::priority::{priority}");
+        ensure!(clusters.contains(&line), "no {line} in:\n{clusters}");
+    }
+    for _ in 0..10 {
+        let r = get(&envoy, "orders", "/")?;
+        ensure!(
+            r.header("x-upstream") == Some("dc1-orders"),
+            "dc1 while healthy: {r:?}"
+        );
+    }
+    consul.set_health("o1", Health::Critical);
+    support::wait_response(&envoy, "orders", "dc2", |r| {
+        r.header("x-upstream") == Some("dc2-orders")
+    })?;
+    for _ in 0..10 {
+        let r = get(&envoy, "orders", "/")?;
+        ensure!(
+            r.header("x-upstream") == Some("dc2-orders"),
+            "dc2 only: {r:?}"
+        );
+    }
+    consul.set_health("o1", Health::Passing);
+    support::wait_response(&envoy, "orders", "dc1 again", |r| {
+        r.header("x-upstream") == Some("dc1-orders")
     })?;
     Ok(())
 }

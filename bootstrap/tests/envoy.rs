@@ -8,6 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use meshguard_fake_consul::{FakeConsul, Instance};
 use meshguard_tests::TestUpstream;
 use support::{
     get, registry_yaml, start_envoy, start_envoy_delta, wait_response, ControlPlane, TempDir, WAIT,
@@ -190,16 +191,21 @@ fn a_config_envoy_rejects_is_nacked_once_and_the_last_good_one_keeps_serving() -
     let dir = TempDir::new("nack")?;
     dir.write("services.yaml", &registry_yaml(&[("orders", a.port())]))?;
     dir.write("rules.yaml", "services:\n  orders: {timeout: 5s}\n")?;
-    let cp = ControlPlane::start(&dir)?;
+    // meshguard checks the filter's JSON itself now; what only Envoy can refuse is a module it
+    // cannot load: this directory's ratelimit module is not wasm.
+    let wasm = dir.path().join("wasm");
+    std::fs::create_dir_all(&wasm)?;
+    std::fs::write(wasm.join("meshguard_ratelimit.wasm"), b"not wasm")?;
+    let registry = format!("file:{}", dir.path().join("services.yaml").display());
+    let wasm_arg = wasm.display().to_string();
+    let cp = ControlPlane::start_with(&dir, &registry, &["--wasm-dir", &wasm_arg])?;
     let envoy = start_envoy(&cp, "nack")?;
     cp.wait_status("ACKs", |s| acked_everything(s, "nack"))?;
     ensure!(get(&envoy, "orders", "/")?.status == 200);
 
-    // Valid rules for meshguard, but the filter refuses `requests: 0` in on_configure, so
-    // Envoy rejects the listener update.
     dir.write(
         "rules.yaml",
-        "services:\n  orders:\n    ratelimit: {rules: [{name: r, limits: [{algorithm: fixed_window, requests: 0, per: 1m}]}]}\n",
+        "services:\n  orders:\n    ratelimit: {rules: [{name: r, limits: [{algorithm: fixed_window, requests: 1, per: 1m}]}]}\n",
     )?;
     let status = cp.wait_status("an LDS NACK", |s| s["nacks"].as_u64() >= Some(1))?;
     let nack = &node_status(&status, "nack")["nacks"][0];
@@ -228,15 +234,163 @@ fn a_config_envoy_rejects_is_nacked_once_and_the_last_good_one_keeps_serving() -
         ensure!(get(&envoy, "orders", "/")?.status == 200);
     }
 
-    // Fixed rules are sent, accepted, and clear the NACK.
+    // The real module, and a filter change (a new listener version: the rejected one is never
+    // resent): accepted.
+    std::fs::copy(
+        meshguard_tests::workspace_root()
+            .join("target/wasm32-wasip1/wasm/meshguard_ratelimit.wasm"),
+        wasm.join("meshguard_ratelimit.wasm"),
+    )?;
     dir.write(
         "rules.yaml",
-        "services:\n  orders:\n    ratelimit: {rules: [{name: r, limits: [{algorithm: fixed_window, requests: 1, per: 1m}]}]}\n",
+        "services:\n  orders:\n    ratelimit: {rules: [{name: r, limits: [{algorithm: fixed_window, requests: 2, per: 1m}]}]}\n",
     )?;
     cp.wait_status("the fixed rules ACKed", |s| acked_everything(s, "nack"))?;
     wait_response(&envoy, "orders", "a 429 from the fixed filter", |r| {
         r.status == 429
     })?;
+    Ok(())
+}
+
+#[test]
+fn a_filter_section_its_filter_refuses_never_reaches_envoy() -> Result<()> {
+    let a = TestUpstream::start_named("a")?;
+    let dir = TempDir::new("refused")?;
+    dir.write("services.yaml", &registry_yaml(&[("orders", a.port())]))?;
+    dir.write(
+        "rules.yaml",
+        "services:\n  orders:\n    ratelimit: {rules: [{name: r, limits: [{algorithm: fixed_window, requests: 1, per: 1m}]}]}\n",
+    )?;
+    let cp = ControlPlane::start(&dir)?;
+    let envoy = start_envoy(&cp, "refused")?;
+    let before = cp.wait_status("ACKs", |s| acked_everything(s, "refused"))?;
+    // Before, meshguard sent this and Envoy NACKed it (the filter refuses `requests: 0`).
+    dir.write(
+        "rules.yaml",
+        "services:\n  orders:\n    ratelimit:\n      rules:\n      - name: r\n        limits: [{algorithm: fixed_window, requests: 0, per: 1m}]\n",
+    )?;
+    let status = cp.wait_status("the rules error", |s| s["rules"]["last_error"].is_string())?;
+    let error = status["rules"]["last_error"].as_str().unwrap_or_default();
+    ensure!(
+        error.contains("rules.yaml:6:44: services.orders.ratelimit.rules[0].limits[0].requests: "),
+        "{error}"
+    );
+    ensure!(
+        status["snapshot"]["versions"] == before["snapshot"]["versions"],
+        "a rejected update changed the snapshot"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(cp.status()?["nacks"] == 0, "{:#}", cp.status()?);
+    ensure!(envoy.stat("listener_manager.lds.update_rejected") == Some(0));
+    // The last good limit (1 a minute) stays.
+    ensure!(get(&envoy, "orders", "/")?.status == 200);
+    ensure!(get(&envoy, "orders", "/")?.status == 429);
+    Ok(())
+}
+
+#[test]
+fn native_failover_retries_a_dead_instance_elsewhere_and_failfast_does_not() -> Result<()> {
+    let a = TestUpstream::start_named("a")?;
+    let dead = support::free_port()?;
+    let dir = TempDir::new("failover")?;
+    dir.write(
+        "services.yaml",
+        &registry_yaml(&[
+            ("orders", dead),
+            ("orders", a.port()),
+            ("pay", dead),
+            ("pay", a.port()),
+        ]),
+    )?;
+    dir.write(
+        "rules.yaml",
+        "services:\n  orders:\n    router: {balancer: round_robin, retries: 2, retry_on: [connect-failure]}\n  pay:\n    router: {mode: failfast}\n",
+    )?;
+    let cp = ControlPlane::start(&dir)?;
+    let envoy = start_envoy(&cp, "failover")?;
+    cp.wait_status("ACKs", |s| acked_everything(s, "failover"))?;
+    ensure!(cp.status()?["nacks"] == 0, "{:#}", cp.status()?);
+    for _ in 0..8 {
+        let r = get(&envoy, "orders", "/")?;
+        ensure!(
+            r.status == 200 && r.header("x-upstream") == Some("a"),
+            "{r:?}"
+        );
+    }
+    // Round robin over {dead, a}: without retries some requests hit the dead instance.
+    let send = |service: &str, req: meshguard_tests::Request| {
+        meshguard_tests::send(envoy.listener_addr(), &req.header("Host", service))
+    };
+    let mut failed = 0;
+    for _ in 0..8 {
+        if send("pay", meshguard_tests::Request::get("/"))?.status == 503 {
+            failed += 1;
+        }
+    }
+    ensure!(failed > 0, "failfast retried");
+    // POST is not retried (the router filter's rule), GET is.
+    let mut failed = 0;
+    for _ in 0..8 {
+        if send("orders", meshguard_tests::Request::post("/"))?.status == 503 {
+            failed += 1;
+        }
+    }
+    ensure!(failed > 0, "a POST was retried");
+    Ok(())
+}
+
+#[test]
+fn the_tenant_filter_reads_the_service_tenants_the_router_filter_publishes() -> Result<()> {
+    let a = TestUpstream::start_named("a")?;
+    // The router filter watches (fake) Consul through Envoy's `consul` cluster and publishes
+    // orders → acme in shared data; the tenant filter reads it only in the same VM id.
+    let consul = FakeConsul::start()?;
+    consul.register(Instance::new("o1", "orders", "127.0.0.1", a.port()).meta("tenant", "acme"));
+    let dir = TempDir::new("sharedvm")?;
+    dir.write(
+        "services.yaml",
+        &registry_yaml(&[("orders", a.port()), ("consul", consul.port())]),
+    )?;
+    dir.write(
+        "rules.yaml",
+        "\
+services:
+  orders:
+    tenant:
+      identity: [{trusted_header: {cidrs: [127.0.0.0/8]}}]
+      registry_service_tenants: true
+      cross_tenant: {destination: cluster_name}
+    router: {mode: failsafe, consul: {cluster: consul, wait: 1s, tick: 1s, min_interval: 1s}}
+",
+    )?;
+    let cp = ControlPlane::start(&dir)?;
+    let envoy = start_envoy(&cp, "sharedvm")?;
+    cp.wait_status("ACKs", |s| acked_everything(s, "sharedvm"))?;
+    ensure!(cp.status()?["nacks"] == 0, "{:#}", cp.status()?);
+    let as_tenant = |tenant: &str| {
+        meshguard_tests::send(
+            envoy.listener_addr(),
+            &meshguard_tests::Request::get("/")
+                .header("Host", "orders")
+                .header("x-meshguard-tenant", tenant),
+        )
+    };
+    // Unknown destinations are denied until the router's map arrives.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = as_tenant("acme")?;
+        if r.status == 200 {
+            ensure!(r.header("x-upstream") == Some("a"), "{r:?}");
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "acme never reached orders: {r:?}"
+        );
+        std::thread::sleep(support::POLL);
+    }
+    let r = as_tenant("other")?;
+    ensure!(r.status == 403, "{r:?}");
     Ok(())
 }
 
@@ -378,5 +532,63 @@ fn a_static_render_runs_in_envoy_with_the_same_filters_and_routes() -> Result<()
         ensure!(get(&envoy, "inventory", "/")?.status == 200);
     }
     ensure!(b.request_count() == 0, "the critical instance got traffic");
+    Ok(())
+}
+
+#[test]
+fn a_static_render_with_routing_runs_in_envoy() -> Result<()> {
+    let a = TestUpstream::start_named("a")?;
+    let dead = support::free_port()?;
+    let dir = TempDir::new("static-routing")?;
+    let services = dir.write(
+        "services.yaml",
+        &registry_yaml(&[
+            ("orders", dead),
+            ("orders", a.port()),
+            ("pay", a.port()),
+            ("consul", dead),
+        ]),
+    )?;
+    // orders: native failover (previous_hosts, the POST route); pay: the router filter
+    // (override_host cluster policy, its JSON), which finds no Consul and leaves the pick to
+    // the fallback round robin.
+    let rules = dir.write(
+        "rules.yaml",
+        "services:\n  orders:\n    router: {retries: 2, retry_on: [connect-failure]}\n  pay:\n    router: {mode: failsafe, consul: {cluster: consul}}\n",
+    )?;
+    let listen = format!("127.0.0.1:{}", support::free_port()?);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
+        .args([
+            "render",
+            "--static",
+            "--admin-port",
+            "0",
+            "--listen",
+            &listen,
+        ])
+        .arg("--registry")
+        .arg(format!("file:{}", services.display()))
+        .arg("--rules")
+        .arg(&rules)
+        .arg("--wasm-dir")
+        .arg(meshguard_tests::workspace_root().join("target/wasm32-wasip1/wasm"))
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout)?;
+    let envoy =
+        meshguard_tests::Envoy::start(meshguard_tests::EnvoyConfig::from_template_text(yaml))?;
+    for i in 0..6 {
+        let r = get(&envoy, "orders", "/")?;
+        ensure!(
+            r.status == 200 && r.header("x-upstream") == Some("a"),
+            "request {i}: {r:?}"
+        );
+        let r = get(&envoy, "pay", "/")?;
+        ensure!(r.status == 200, "pay {i}: {r:?}");
+    }
     Ok(())
 }

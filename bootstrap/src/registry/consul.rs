@@ -44,8 +44,12 @@ pub struct ConsulOptions {
     pub authority: String,
     /// ACL token (`X-Consul-Token`).
     pub token: Option<String>,
-    /// Datacenter (`dc`); the agent's own when `None`.
+    /// Datacenter (`dc`); the agent's own when `None`. Its instances get Envoy priority 0.
     pub datacenter: Option<String>,
+    /// Further datacenters, in failover order: every service is also watched there
+    /// (`?dc=`), and their instances join its endpoints at priority 1, 2, ... so Envoy moves
+    /// traffic there only while the local datacenter lacks healthy instances.
+    pub failover_datacenters: Vec<String>,
     /// Allow any server to answer (`stale`), spreading load off the leader.
     pub stale: bool,
     /// Only instances whose checks all pass (`passing`).
@@ -79,6 +83,7 @@ impl ConsulOptions {
             authority: authority.into(),
             token: None,
             datacenter: None,
+            failover_datacenters: Vec::new(),
             stale: true,
             passing_only: false,
             wait: Duration::from_secs(60),
@@ -90,6 +95,54 @@ impl ConsulOptions {
             coalesce: Duration::from_millis(20),
             snapshot_path: None,
             save_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// Sets the datacenters from a comma-separated list in failover order (`dc1,dc2`): the
+    /// first is [`ConsulOptions::datacenter`], the rest [`ConsulOptions::failover_datacenters`].
+    /// Empty items are skipped, repeats kept once.
+    pub fn set_datacenters(&mut self, list: &str) {
+        let mut dcs: Vec<String> = Vec::new();
+        for dc in list.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            if !dcs.iter().any(|d| d == dc) {
+                dcs.push(dc.to_string());
+            }
+        }
+        let mut dcs = dcs.into_iter();
+        self.datacenter = dcs.next();
+        self.failover_datacenters = dcs.collect();
+    }
+
+    /// Applies a registry URL's query (`dc=dc1,dc2`; `dc` may repeat); an unknown parameter
+    /// is an error naming it.
+    pub fn apply_query(&mut self, query: &str) -> Result<(), String> {
+        let mut dcs: Vec<&str> = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("dc", value)) => dcs.push(value),
+                _ => return Err(format!("unknown parameter {pair:?} (expected dc=DC1,DC2)")),
+            }
+        }
+        if !dcs.is_empty() {
+            self.set_datacenters(&dcs.join(","));
+        }
+        Ok(())
+    }
+
+    /// The watched datacenters in priority order (`None`: the agent's own).
+    pub fn datacenters(&self) -> Vec<Option<String>> {
+        std::iter::once(self.datacenter.clone())
+            .chain(self.failover_datacenters.iter().cloned().map(Some))
+            .collect()
+    }
+
+    /// `consul://HOST:PORT[?dc=...]`.
+    pub fn describe(&self) -> String {
+        let dcs: Vec<String> = self.datacenters().into_iter().flatten().collect();
+        if dcs.is_empty() {
+            format!("consul://{}", self.authority)
+        } else {
+            format!("consul://{}?dc={}", self.authority, dcs.join(","))
         }
     }
 
@@ -105,13 +158,14 @@ fn nanos(d: Duration) -> u64 {
 
 /// What a watch reports to the aggregator.
 #[derive(Debug)]
+/// `usize`: the datacenter's position in [`ConsulOptions::datacenters`] (its priority).
 enum WatchEvent {
-    Catalog(BTreeSet<String>),
-    CatalogFailed(String),
-    Instances(String, Vec<Endpoint>),
+    Catalog(usize, BTreeSet<String>),
+    CatalogFailed(usize, String),
+    Instances(usize, String, Vec<Endpoint>),
     /// The service answered but has no usable instance: keep the last good list.
-    NoUsable(String, String),
-    ServiceFailed(String, String),
+    NoUsable(usize, String, String),
+    ServiceFailed(usize, String, String),
 }
 
 /// Shared by the watches.
@@ -123,7 +177,7 @@ struct Client {
 }
 
 impl Client {
-    fn query(&self, index: u64) -> String {
+    fn query(&self, index: u64, dc: Option<&str>) -> String {
         let mut q = Vec::new();
         if blocks(index) {
             q.push(format!("index={index}"));
@@ -132,15 +186,22 @@ impl Client {
         if self.options.stale {
             q.push("stale=".to_string());
         }
-        if let Some(dc) = &self.options.datacenter {
+        if let Some(dc) = dc {
             q.push(format!("dc={}", percent_encode(dc)));
         }
         q.join("&")
     }
 
-    /// One query: non-blocking ones wait for a permit.
-    async fn get(&self, path: &str, extra: &str, index: u64) -> Result<HttpResponse, String> {
-        let mut query = self.query(index);
+    /// One query (in datacenter `dc`, the agent's own when `None`): non-blocking ones wait
+    /// for a permit.
+    async fn get(
+        &self,
+        path: &str,
+        extra: &str,
+        index: u64,
+        dc: Option<&str>,
+    ) -> Result<HttpResponse, String> {
+        let mut query = self.query(index, dc);
         if !extra.is_empty() {
             if !query.is_empty() {
                 query.push('&');
@@ -225,13 +286,18 @@ trait AsyncStep: Send {
 }
 
 struct CatalogStep {
+    /// Position of the datacenter in the watched list, and its name.
+    dc: usize,
+    dc_name: Option<String>,
     events: mpsc::Sender<WatchEvent>,
 }
 
 impl AsyncStep for CatalogStep {
     async fn run(&mut self, client: &Client, index: u64) -> Result<u64, ()> {
         let outcome = async {
-            let response = client.get("/v1/catalog/services", "", index).await?;
+            let response = client
+                .get("/v1/catalog/services", "", index, self.dc_name.as_deref())
+                .await?;
             let returned =
                 parse_index(response.header("x-consul-index")).map_err(|e| e.to_string())?;
             let services = parse_catalog_services(&response.body).map_err(|e| e.to_string())?;
@@ -240,11 +306,17 @@ impl AsyncStep for CatalogStep {
         .await;
         match outcome {
             Ok((returned, services)) => {
-                let _ = self.events.send(WatchEvent::Catalog(services)).await;
+                let _ = self
+                    .events
+                    .send(WatchEvent::Catalog(self.dc, services))
+                    .await;
                 Ok(returned)
             }
             Err(err) => {
-                let _ = self.events.send(WatchEvent::CatalogFailed(err)).await;
+                let _ = self
+                    .events
+                    .send(WatchEvent::CatalogFailed(self.dc, err))
+                    .await;
                 Err(())
             }
         }
@@ -253,6 +325,9 @@ impl AsyncStep for CatalogStep {
 
 struct ServiceStep {
     service: String,
+    /// Position of the datacenter in the watched list (the endpoints' priority), and its name.
+    dc: usize,
+    dc_name: Option<String>,
     events: mpsc::Sender<WatchEvent>,
 }
 
@@ -264,12 +339,16 @@ impl AsyncStep for ServiceStep {
         } else {
             ""
         };
-        let response = match client.get(&path, extra, index).await {
+        let dc = self.dc;
+        let response = match client
+            .get(&path, extra, index, self.dc_name.as_deref())
+            .await
+        {
             Ok(r) => r,
             Err(err) => {
                 let _ = self
                     .events
-                    .send(WatchEvent::ServiceFailed(self.service.clone(), err))
+                    .send(WatchEvent::ServiceFailed(dc, self.service.clone(), err))
                     .await;
                 return Err(());
             }
@@ -280,6 +359,7 @@ impl AsyncStep for ServiceStep {
                 let _ = self
                     .events
                     .send(WatchEvent::ServiceFailed(
+                        dc,
                         self.service.clone(),
                         err.to_string(),
                     ))
@@ -292,16 +372,25 @@ impl AsyncStep for ServiceStep {
         };
         let event = match parse_health_service(&response.body, policy) {
             Ok(list) => WatchEvent::Instances(
+                dc,
                 self.service.clone(),
-                list.instances.iter().filter_map(to_endpoint).collect(),
+                list.instances
+                    .iter()
+                    .filter_map(to_endpoint)
+                    .map(|e| Endpoint {
+                        priority: u32::try_from(dc).unwrap_or(u32::MAX),
+                        ..e
+                    })
+                    .collect(),
             ),
             Err(err @ (ConsulError::NoInstances | ConsulError::NoUsableInstances { .. })) => {
-                WatchEvent::NoUsable(self.service.clone(), err.to_string())
+                WatchEvent::NoUsable(dc, self.service.clone(), err.to_string())
             }
             Err(err) => {
                 let _ = self
                     .events
                     .send(WatchEvent::ServiceFailed(
+                        dc,
                         self.service.clone(),
                         err.to_string(),
                     ))
@@ -333,7 +422,9 @@ impl AsyncStep for KvStep {
                 .join("/")
         );
         let outcome = async {
-            let response = client.get(&path, "raw=", index).await?;
+            let response = client
+                .get(&path, "raw=", index, client.options.datacenter.as_deref())
+                .await?;
             let returned =
                 parse_index(response.header("x-consul-index")).map_err(|e| e.to_string())?;
             let text = String::from_utf8(response.body)
@@ -400,8 +491,25 @@ fn to_endpoint(i: &meshguard_core::ConsulInstance) -> Option<Endpoint> {
         // Core already picked the weight for the instance's status.
         weight,
         warning_weight: weight,
-        zone: i.instance.zone().map(str::to_string),
+        zone: i
+            .instance
+            .zone()
+            .map(str::to_string)
+            .or_else(|| tag_value(&i.tags, "zone")),
+        datacenter: i.instance.datacenter().map(str::to_string),
+        priority: 0,
+        secure: i.secure || tag_value(&i.tags, "secure").is_some_and(|v| v == "true"),
+        group: i.group.clone().or_else(|| tag_value(&i.tags, "group")),
     })
+}
+
+/// The value of a `key=value` tag: Spring Cloud Consul before metadata support (and with
+/// `spring.cloud.consul.discovery.tags`) carries `zone`, `secure` and `group` as tags.
+fn tag_value(tags: &[String], key: &str) -> Option<String> {
+    tags.iter()
+        .filter_map(|t| t.split_once('='))
+        .find(|(k, v)| *k == key && !v.is_empty())
+        .map(|(_, v)| v.to_string())
 }
 
 fn seed_for(name: &str) -> u64 {
@@ -463,16 +571,38 @@ pub async fn run(
         options,
     });
     let (events_tx, mut events) = mpsc::channel::<WatchEvent>(1024);
-    let catalog = tokio::spawn(watch_loop(
-        Arc::clone(&client),
-        seed_for("/v1/catalog/services"),
-        CatalogStep {
-            events: events_tx.clone(),
-        },
-    ));
-    let mut watches: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut dcs: Vec<Dc> = client
+        .options
+        .datacenters()
+        .into_iter()
+        .enumerate()
+        .map(|(position, name)| {
+            let seed = seed_for(&format!(
+                "/v1/catalog/services@{}",
+                name.as_deref().unwrap_or("")
+            ));
+            let catalog = tokio::spawn(watch_loop(
+                Arc::clone(&client),
+                seed,
+                CatalogStep {
+                    dc: position,
+                    dc_name: name.clone(),
+                    events: events_tx.clone(),
+                },
+            ));
+            Dc {
+                name,
+                catalog,
+                watches: HashMap::new(),
+                instances: BTreeMap::new(),
+            }
+        })
+        .collect();
+    // The merge of every datacenter's instances (local first): what is published.
     let mut services: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
-    let mut pending: Option<BTreeSet<String>> = None; // services yet to answer the first time
+    // The local datacenter's services yet to answer the first time; the first sync waits for
+    // them only (a failover datacenter that cannot be reached must not hold the local back).
+    let mut pending: Option<BTreeSet<String>> = None;
     let mut synced = false;
     let mut published = false;
     let mut dirty = false;
@@ -541,65 +671,112 @@ pub async fn run(
             }
             event = events.recv() => {
                 let Some(event) = event else { break };
+                // Services whose merged list must be recomputed.
+                let mut touched: BTreeSet<String> = BTreeSet::new();
                 match event {
-                    WatchEvent::Catalog(names) => {
+                    WatchEvent::Catalog(position, names) => {
                         let _ = out.send(RegistryEvent::Alive).await;
-                        watches.retain(|name, handle| {
+                        let Some(dc) = dcs.get_mut(position) else { continue };
+                        dc.watches.retain(|name, handle| {
                             let keep = names.contains(name);
                             if !keep {
                                 handle.abort();
                             }
                             keep
                         });
-                        let gone: Vec<String> = services
+                        let gone: Vec<String> = dc
+                            .instances
                             .keys()
                             .filter(|name| !names.contains(*name))
                             .cloned()
                             .collect();
                         for name in gone {
-                            services.remove(&name);
-                            changed.insert(name);
-                            dirty = true;
+                            dc.instances.remove(&name);
+                            touched.insert(name);
                         }
                         for name in &names {
-                            if !watches.contains_key(name) {
+                            if !dc.watches.contains_key(name) {
                                 let handle = tokio::spawn(watch_loop(
                                     Arc::clone(&client),
-                                    seed_for(name),
-                                    ServiceStep { service: name.clone(), events: events_tx.clone() },
+                                    seed_for(&format!("{name}@{}", dc.name.as_deref().unwrap_or(""))),
+                                    ServiceStep {
+                                        service: name.clone(),
+                                        dc: position,
+                                        dc_name: dc.name.clone(),
+                                        events: events_tx.clone(),
+                                    },
                                 ));
-                                watches.insert(name.clone(), handle);
+                                dc.watches.insert(name.clone(), handle);
                             }
                         }
-                        if !synced {
+                        if !synced && position == 0 {
                             let mut waiting = pending.take().unwrap_or_else(|| names.clone());
-                            waiting.retain(|n| names.contains(n) && !services.contains_key(n));
+                            waiting.retain(|n| names.contains(n) && !dc.instances.contains_key(n));
                             pending = Some(waiting);
                         }
                     }
-                    WatchEvent::CatalogFailed(err) => {
-                        tracing::warn!(error = %err, "consul catalog watch failed; keeping the last good registry");
+                    WatchEvent::CatalogFailed(position, err) => {
+                        let dc = dcs.get(position).and_then(|d| d.name.clone()).unwrap_or_default();
+                        tracing::warn!(error = %err, datacenter = %dc, "consul catalog watch failed; keeping the last good registry");
                         let _ = out.send(RegistryEvent::Error(err)).await;
                     }
-                    WatchEvent::Instances(name, endpoints) => {
-                        if watches.contains_key(&name) && services.get(&name) != Some(&endpoints) {
-                            services.insert(name.clone(), endpoints);
-                            changed.insert(name.clone());
-                            dirty = true;
+                    WatchEvent::Instances(position, name, endpoints) => {
+                        if let Some(dc) = dcs.get_mut(position) {
+                            if dc.watches.contains_key(&name) && dc.instances.get(&name) != Some(&endpoints) {
+                                dc.instances.insert(name.clone(), endpoints);
+                                touched.insert(name.clone());
+                            }
                         }
-                        if let Some(waiting) = pending.as_mut() {
-                            waiting.remove(&name);
-                        }
-                    }
-                    WatchEvent::NoUsable(name, reason) => {
-                        tracing::warn!(service = %name, reason = %reason, "no usable instance; keeping the last good list");
-                        if let Some(waiting) = pending.as_mut() {
-                            waiting.remove(&name);
+                        if position == 0 {
+                            if let Some(waiting) = pending.as_mut() {
+                                waiting.remove(&name);
+                            }
                         }
                     }
-                    WatchEvent::ServiceFailed(name, err) => {
-                        tracing::warn!(service = %name, error = %err, "consul health watch failed; keeping the last good list");
+                    WatchEvent::NoUsable(position, name, reason) => {
+                        // With several datacenters, one without a usable instance leaves the
+                        // service while another has some (Envoy then fails over to it); the
+                        // last one with instances keeps its last good list.
+                        let elsewhere = dcs.iter().enumerate().any(|(i, d)| {
+                            i != position && d.instances.get(&name).is_some_and(|l| !l.is_empty())
+                        });
+                        let dc_name = dcs.get(position).and_then(|d| d.name.clone()).unwrap_or_default();
+                        match dcs.get_mut(position) {
+                            Some(dc) if elsewhere && dc.watches.contains_key(&name) => {
+                                tracing::info!(service = %name, datacenter = %dc_name, reason = %reason, "no usable instance; failing over to the other datacenters");
+                                if dc.instances.remove(&name).is_some() {
+                                    touched.insert(name.clone());
+                                }
+                            }
+                            _ => tracing::warn!(service = %name, datacenter = %dc_name, reason = %reason, "no usable instance; keeping the last good list"),
+                        }
+                        if position == 0 {
+                            if let Some(waiting) = pending.as_mut() {
+                                waiting.remove(&name);
+                            }
+                        }
+                    }
+                    WatchEvent::ServiceFailed(position, name, err) => {
+                        let dc = dcs.get(position).and_then(|d| d.name.clone()).unwrap_or_default();
+                        tracing::warn!(service = %name, datacenter = %dc, error = %err, "consul health watch failed; keeping the last good list");
                         let _ = out.send(RegistryEvent::Error(format!("{name}: {err}"))).await;
+                    }
+                }
+                for name in touched {
+                    let merged: Vec<Endpoint> = dcs
+                        .iter()
+                        .filter_map(|d| d.instances.get(&name))
+                        .flatten()
+                        .cloned()
+                        .collect();
+                    let now = if merged.is_empty() { None } else { Some(merged) };
+                    if services.get(&name) != now.as_ref() {
+                        match now {
+                            Some(list) => services.insert(name.clone(), list),
+                            None => services.remove(&name),
+                        };
+                        changed.insert(name);
+                        dirty = true;
                     }
                 }
                 if !synced && pending.as_ref().is_some_and(BTreeSet::is_empty) {
@@ -616,9 +793,11 @@ pub async fn run(
             }
         }
     }
-    catalog.abort();
-    for handle in watches.values() {
-        handle.abort();
+    for dc in &dcs {
+        dc.catalog.abort();
+        for handle in dc.watches.values() {
+            handle.abort();
+        }
     }
     if let Some((tx, saving)) = saver {
         if save_at.is_some() {
@@ -628,4 +807,16 @@ pub async fn run(
         drop(tx);
         let _ = saving.await;
     }
+}
+
+/// One watched datacenter in the sync loop.
+struct Dc {
+    /// `None`: the agent's own.
+    name: Option<String>,
+    catalog: JoinHandle<()>,
+    /// One health watch per service in this datacenter's catalog.
+    watches: HashMap<String, JoinHandle<()>>,
+    /// The last good instances per service here (a service with no usable instance while
+    /// another datacenter has some is absent).
+    instances: BTreeMap<String, Vec<Endpoint>>,
 }

@@ -79,6 +79,10 @@ mod tests {
                 weight: 3,
                 warning_weight: 1,
                 zone: Some("a".into()),
+                datacenter: Some("dc2".into()),
+                priority: 1,
+                secure: true,
+                group: Some("blue".into()),
             }],
         );
         save(&path, &registry).unwrap();

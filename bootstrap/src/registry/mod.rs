@@ -2,6 +2,7 @@
 
 pub mod consul;
 pub mod disk;
+pub mod eds;
 pub mod file;
 pub mod http;
 
@@ -39,9 +40,51 @@ pub struct Endpoint {
     /// Weight while warning (Consul `Weights.Warning`); 0 means "no traffic while warning".
     #[serde(default = "one")]
     pub warning_weight: u32,
-    /// Zone (Spring Cloud Consul `Meta.zone`), mapped to the Envoy locality zone.
+    /// Zone (Spring Cloud Consul `Meta.zone`, or a `zone=<z>` tag), mapped to the Envoy
+    /// locality zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// Datacenter (Consul `Node.Datacenter`), mapped to the Envoy locality region when the
+    /// service spans several datacenters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacenter: Option<String>,
+    /// Envoy priority: 0 for the local (first) datacenter, 1, 2, ... for the failover ones in
+    /// order. Envoy sends traffic to a lower priority only when the higher ones lack healthy
+    /// endpoints.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u32,
+    /// Spring Cloud Consul's `Meta.secure` (or a `secure=true` tag): the instance serves TLS.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub secure: bool,
+    /// Spring Cloud Consul's `Meta.group` (or a `group=<g>` tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+impl Endpoint {
+    /// A passing endpoint at weight 1 with no zone, datacenter or Spring Cloud metadata.
+    pub fn new(address: impl Into<String>, port: u16) -> Self {
+        Self {
+            address: address.into(),
+            port,
+            health: Health::Passing,
+            weight: 1,
+            warning_weight: 1,
+            zone: None,
+            datacenter: None,
+            priority: 0,
+            secure: false,
+            group: None,
+        }
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn one() -> u32 {

@@ -103,9 +103,13 @@ impl ControlPlane {
             .arg("--admin")
             .arg(admin.to_string())
             .arg("--listen")
-            .arg(listen.to_string())
-            .arg("--wasm-dir")
-            .arg(workspace_root().join("target/wasm32-wasip1/wasm"))
+            .arg(listen.to_string());
+        if !args.contains(&"--wasm-dir") {
+            command
+                .arg("--wasm-dir")
+                .arg(workspace_root().join("target/wasm32-wasip1/wasm"));
+        }
+        command
             .arg("--poll-ms")
             .arg("50")
             .arg("--log-level")

@@ -500,6 +500,8 @@ fn register(body: &Value, tenant: &str) -> Result<Value, DenyReason> {
 
 #[test]
 fn registration_is_forced_into_the_tenant_and_keeps_other_fields() {
+    // The HTTP check aims at the registration's own Address:Port, the only place a network
+    // check may point (checks elsewhere are refused in the allow-list table below).
     let body = json!({
         "ID": "web-1", "Name": "web", "Tags": ["v1"], "Address": "10.0.0.5", "Port": 8080,
         "Meta": {"version": "1"}, "Check": {"HTTP": "http://10.0.0.5:8080/health", "Interval": "10s"},
@@ -724,47 +726,128 @@ fn filter_text() -> impl Strategy<Value = String> {
     prop::collection::vec(atoms, 0..24).prop_map(|v| v.concat())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2048))]
+/// Filters bexpr's grammar accepts (selectors, operators, closed strings with parentheses
+/// and quotes of the other kind inside, `not`, nested groups): each must be accepted, so the
+/// properties below cannot pass by rejecting everything.
+fn valid_filter() -> impl Strategy<Value = String> {
+    let clause = (
+        prop::sample::select(vec![
+            "Service.Meta.version",
+            "ServiceTags",
+            "Service.Tags",
+            "Checks.Status",
+        ]),
+        prop::sample::select(vec![" == ", " != ", " contains ", " in "]),
+        prop_oneof![
+            "\"[a-z0-9 ()\\[\\]'`.,]{0,8}\"",
+            "`[a-z0-9 ()\\[\\]'\".,]{0,8}`",
+            "[0-9]{1,3}",
+        ],
+    )
+        .prop_map(|(s, o, v)| format!("{s}{o}{v}"));
+    clause.prop_recursive(3, 16, 2, |inner| {
+        prop_oneof![
+            inner.clone().prop_map(|e| format!("not ({e})")),
+            (
+                inner.clone(),
+                prop::sample::select(vec![" and ", " or "]),
+                inner
+            )
+                .prop_map(|(a, op, b)| format!("({a}){op}{b}")),
+        ]
+    })
+}
 
-    #[test]
-    fn built_filter_starts_with_the_tenant_clause_and_wraps_the_user_part_in_one_group(
-        user in prop_oneof![filter_text(), "\\PC{0,40}"],
-        tenant in "[a-z0-9]{1,12}",
-    ) {
-        let tenant = t(&tenant);
-        let clause = tenant_clause(H, &tenant);
-        if let Ok(f) = tenant_filter(H, &tenant, Some(&user)) {
-            if user.trim().is_empty() {
-                prop_assert_eq!(f, clause);
-            } else {
-                let head = format!("({clause}) and (");
-                prop_assert!(f.starts_with(&head), "{}", f);
-                // The tenant clause is its own group, closed where it was written...
-                prop_assert_eq!(group_end(&f), Some(clause.len() + 1));
-                // ...and the user's group only closes at the very end.
-                let tail = &f[head.len() - 1..];
-                prop_assert_eq!(group_end(tail), Some(tail.len() - 1));
-            }
+/// Runs `cases` deterministic cases of `strategy` through `test`, which says whether the
+/// case was accepted (and so reached its assertions); fails on a failing case, and when
+/// fewer than `min_accepted` cases were accepted, so a property cannot pass vacuously.
+fn run_counting<S: Strategy>(
+    strategy: S,
+    cases: u32,
+    min_accepted: u32,
+    test: impl Fn(S::Value) -> Result<bool, TestCaseError>,
+) {
+    use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
+    let config = ProptestConfig::with_cases(cases);
+    let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+    let mut runner = TestRunner::new_with_rng(config, rng);
+    let accepted = std::cell::Cell::new(0u32);
+    let result = runner.run(&strategy, |value| {
+        if test(value)? {
+            accepted.set(accepted.get() + 1);
         }
-    }
+        Ok(())
+    });
+    assert!(result.is_ok(), "{}", result.unwrap_err());
+    assert!(
+        accepted.get() >= min_accepted,
+        "only {} of {cases} cases were accepted (at least {min_accepted} expected)",
+        accepted.get()
+    );
+}
 
-    #[test]
-    fn scope_query_always_carries_exactly_one_filter_that_starts_with_the_clause(
-        user in filter_text(),
-        other in "[a-z]{1,5}=[a-z0-9]{0,5}",
-    ) {
-        let tenant = t("acme");
-        let query = format!("{other}&filter={}", percent_encode(&user));
-        if let Ok(q) = scope_query(Some(&query), H, &tenant) {
+/// Checks the built filter for `user`; `Ok(false)` when the filter was refused.
+fn check_built_filter(user: &str, tenant: &TenantName) -> Result<bool, TestCaseError> {
+    let clause = tenant_clause(H, tenant);
+    let Ok(f) = tenant_filter(H, tenant, Some(user)) else {
+        return Ok(false);
+    };
+    if user.trim().is_empty() {
+        prop_assert_eq!(f, clause);
+    } else {
+        let head = format!("({clause}) and (");
+        prop_assert!(f.starts_with(&head), "{}", f);
+        // The tenant clause is its own group, closed where it was written...
+        prop_assert_eq!(group_end(&f), Some(clause.len() + 1));
+        // ...and the user's group only closes at the very end.
+        let tail = &f[head.len() - 1..];
+        prop_assert_eq!(group_end(tail), Some(tail.len() - 1));
+    }
+    Ok(true)
+}
+
+#[test]
+fn built_filter_starts_with_the_tenant_clause_and_wraps_the_user_part_in_one_group() {
+    let user = prop_oneof![valid_filter(), filter_text(), "\\PC{0,40}"];
+    run_counting((user, "[a-z0-9]{1,12}"), 2048, 600, |(user, tenant)| {
+        check_built_filter(&user, &t(&tenant))
+    });
+    // Every grammatical filter is accepted and wrapped.
+    run_counting(valid_filter(), 512, 512, |user| {
+        check_built_filter(&user, &t("acme"))
+    });
+}
+
+#[test]
+fn scope_query_always_carries_exactly_one_filter_that_starts_with_the_clause() {
+    let user = prop_oneof![valid_filter(), filter_text()];
+    run_counting(
+        (user, "[a-z]{1,5}=[a-z0-9]{0,5}"),
+        2048,
+        900,
+        |(user, other)| {
+            let tenant = t("acme");
+            let query = format!("{other}&filter={}", percent_encode(&user));
+            let Ok(q) = scope_query(Some(&query), H, &tenant) else {
+                return Ok(false);
+            };
             let filters: Vec<&str> = q.split('&').filter(|p| p.starts_with("filter=")).collect();
             prop_assert_eq!(filters.len(), 1);
             let f = query_unescape(&filters[0]["filter=".len()..]).unwrap();
             let clause = tenant_clause(H, &tenant);
-            prop_assert!(f == clause || f.starts_with(&format!("({clause}) and (")), "{}", f);
+            prop_assert!(
+                f == clause || f.starts_with(&format!("({clause}) and (")),
+                "{}",
+                f
+            );
             prop_assert!(q.starts_with(&other));
-        }
-    }
+            Ok(true)
+        },
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
 
     #[test]
     fn normalisation_never_panics_and_its_output_is_clean(raw in any::<Vec<u8>>(), path in "/[a-z%2eEfF./\\\\]{0,30}") {
@@ -850,4 +933,211 @@ fn removing_a_query_parameter_keeps_the_others_byte_for_byte() {
         remove_query_param(Some("%zz=1"), "token"),
         Err(DenyReason::MalformedQuery("bad escape"))
     );
+}
+
+#[test]
+fn attack_table_registration_fields_checks_and_keys_outside_the_allow_list_are_refused() {
+    use DenyReason as D;
+    let base = |extra: Value| {
+        let mut body = json!({"Name": "web", "Address": "10.0.0.5", "Port": 8080});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let check = |c: Value| base(json!({ "Check": c }));
+    let denied = D::CheckNotAllowed("a network check must target the service's Address:Port");
+    let script = D::CheckNotAllowed("script, docker and os-service checks run commands");
+    let cases: Vec<(&str, Value, DenyReason)> = vec![
+        (
+            "http check at the metadata service",
+            check(json!({"HTTP": "http://169.254.169.254/latest/meta-data/", "Interval": "1s"})),
+            denied.clone(),
+        ),
+        (
+            "userinfo hides another host",
+            check(json!({"HTTP": "http://10.0.0.5:8080@169.254.169.254/", "Interval": "1s"})),
+            denied.clone(),
+        ),
+        (
+            "backslash authority trick",
+            check(json!({"HTTP": "http://10.0.0.5:8080\\@evil/", "Interval": "1s"})),
+            denied.clone(),
+        ),
+        (
+            "another port on the host",
+            check(json!({"HTTP": "http://10.0.0.5:22/", "Interval": "1s"})),
+            denied.clone(),
+        ),
+        (
+            "tcp check elsewhere",
+            base(json!({"Checks": [{"TTL": "10s"}, {"TCP": "10.0.0.6:22", "Interval": "1s"}]})),
+            denied.clone(),
+        ),
+        (
+            "grpc check elsewhere",
+            check(json!({"GRPC": "10.0.0.5:80801/x", "Interval": "1s"})),
+            denied.clone(),
+        ),
+        (
+            "the service itself at the metadata address",
+            json!({"Name": "web", "Address": "169.254.169.254", "Port": 80,
+                   "Check": {"HTTP": "http://169.254.169.254:80/", "Interval": "1s"}}),
+            D::CheckNotAllowed(
+                "a network check needs an ip Address (not loopback or link-local) and Port",
+            ),
+        ),
+        (
+            "the agent's own loopback",
+            json!({"Name": "web", "Address": "127.0.0.1", "Port": 8500,
+                   "Check": {"TCP": "127.0.0.1:8500", "Interval": "1s"}}),
+            D::CheckNotAllowed(
+                "a network check needs an ip Address (not loopback or link-local) and Port",
+            ),
+        ),
+        (
+            "a hostname could resolve anywhere",
+            json!({"Name": "web", "Address": "metadata.google.internal", "Port": 80,
+                   "Check": {"TCP": "metadata.google.internal:80", "Interval": "1s"}}),
+            D::CheckNotAllowed(
+                "a network check needs an ip Address (not loopback or link-local) and Port",
+            ),
+        ),
+        (
+            "script check",
+            check(json!({"Args": ["/bin/sh", "-c", "id"], "Interval": "1s"})),
+            script.clone(),
+        ),
+        (
+            "old script check",
+            check(json!({"Script": "id", "Interval": "1s"})),
+            script.clone(),
+        ),
+        (
+            "docker check",
+            base(
+                json!({"Checks": [{"DockerContainerID": "c", "Shell": "/bin/sh", "Interval": "1s"}]}),
+            ),
+            script.clone(),
+        ),
+        (
+            "os service check",
+            check(json!({"OSService": "sshd", "Interval": "1s"})),
+            script,
+        ),
+        (
+            "two kinds in one check",
+            check(json!({"TTL": "1s", "HTTP": "http://169.254.169.254/"})),
+            D::CheckNotAllowed("a check must be exactly one of TTL, HTTP, TCP or GRPC"),
+        ),
+        (
+            "alias of another tenant's service",
+            check(json!({"AliasService": "billing"})),
+            D::FieldNotAllowed("Check.AliasService".into()),
+        ),
+        (
+            "snake-case script args",
+            check(json!({"script_args": ["id"], "Interval": "1s"})),
+            D::FieldNotAllowed("Check.script_args".into()),
+        ),
+        (
+            "lowercase http",
+            check(json!({"http": "http://169.254.169.254/", "Interval": "1s"})),
+            D::AmbiguousField("Check.http".into()),
+        ),
+        (
+            "connect proxy kind",
+            base(json!({"Kind": "connect-proxy", "Proxy": {"DestinationServiceName": "billing"}})),
+            D::FieldNotAllowed("Kind".into()),
+        ),
+        (
+            "proxy block",
+            base(json!({"Proxy": {"DestinationServiceName": "billing"}})),
+            D::FieldNotAllowed("Proxy".into()),
+        ),
+        (
+            "connect native",
+            base(json!({"Connect": {"Native": true}})),
+            D::FieldNotAllowed("Connect".into()),
+        ),
+        (
+            "enterprise namespace",
+            base(json!({"Namespace": "other"})),
+            D::FieldNotAllowed("Namespace".into()),
+        ),
+        (
+            "lowercase check",
+            base(json!({"check": {"TTL": "1s"}})),
+            D::AmbiguousField("check".into()),
+        ),
+        (
+            "long-s sidecar (Go folds U+017F onto s)",
+            base(
+                json!({"Connect": {"\u{17f}idecar\u{17f}ervice": {"Meta": {"tenant": "victim"}}}}),
+            ),
+            D::NonAsciiKey,
+        ),
+        (
+            "kelvin-sign kind (Go folds U+212A onto k)",
+            base(json!({"\u{212a}ind": "connect-proxy"})),
+            D::NonAsciiKey,
+        ),
+        (
+            "non-ascii key deep in a check header",
+            check(json!({"TTL": "1s", "Header": {"X-\u{e9}": ["1"]}})),
+            D::NonAsciiKey,
+        ),
+        (
+            "non-ascii service name",
+            json!({"Name": "\u{212a}afka"}),
+            D::BadName("service name"),
+        ),
+        (
+            "service name with a space",
+            json!({"Name": "web two"}),
+            D::BadName("service name"),
+        ),
+    ];
+    for (attack, body, expected) in cases {
+        assert_eq!(register(&body, "acme"), Err(expected), "{attack}: {body}");
+    }
+}
+
+#[test]
+fn registration_keeps_checks_at_the_service_itself_and_scopes_their_ids() {
+    let body = json!({
+        "ID": "web-1", "Name": "web", "Address": "10.0.0.5", "Port": 8080, "Kind": "",
+        "Check": {"CheckID": "alive", "TTL": "30s"},
+        "Checks": [
+            {"CheckID": "acme.http", "HTTP": "https://10.0.0.5:8080/health?x=1", "Interval": "10s",
+             "Header": {"Host": ["web"]}, "TLSSkipVerify": true},
+            {"TCP": "10.0.0.5:8080", "Interval": "10s"},
+            {"GRPC": "10.0.0.5:8080/grpc.health.v1.Health", "Interval": "10s"},
+            {"GRPC": "10.0.0.5:8080", "Interval": "10s", "CheckID": ""}
+        ],
+        "Proxy": null, "Connect": null
+    });
+    let out = register(&body, "acme").unwrap();
+    assert_eq!(out["Check"]["CheckID"], "acme.alive");
+    assert_eq!(out["Checks"][0]["CheckID"], "acme.http");
+    assert_eq!(out["Checks"][1].get("CheckID"), None);
+    assert_eq!(out["Checks"][2]["GRPC"], body["Checks"][2]["GRPC"]);
+    assert_eq!(out["Checks"][3]["CheckID"], "");
+    let v6 = json!({"Name": "web", "Address": "fd00::5", "Port": 80,
+                    "Check": {"HTTP": "http://[fd00::5]:80/", "Interval": "1s"}});
+    assert!(register(&v6, "acme").is_ok());
+    let mapped = json!({"Name": "web", "Address": "::ffff:169.254.169.254", "Port": 80,
+                        "Check": {"TCP": "[::ffff:169.254.169.254]:80", "Interval": "1s"}});
+    assert!(register(&mapped, "acme").is_err());
+}
+
+#[test]
+fn the_registered_service_name_is_compared_lowercased() {
+    assert_eq!(
+        registration_service_name(br#"{"Name":"PayMents","ID":"x"}"#),
+        Ok("payments".into())
+    );
+    assert!(registration_service_name(br#"{"ID":"x"}"#).is_err());
+    assert!(registration_service_name(br#"{"Name":""}"#).is_err());
+    assert!(registration_service_name(b"[]").is_err());
 }

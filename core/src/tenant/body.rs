@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use super::registration::{check_registration, refuse_non_ascii_keys};
 use super::{DenyReason, TenantError, TenantName};
 
 /// Largest registration body accepted, in bytes.
@@ -14,18 +15,27 @@ pub const MAX_REGISTRATION_LEN: usize = 64 * 1024;
 /// The meta key that carries a service's tenant (`Service.Meta.tenant`).
 pub const TENANT_META_KEY: &str = "tenant";
 
-/// Rewrites a `PUT /v1/agent/service/register` body so that `Meta.tenant` is `tenant`,
-/// keeping every other field. Refused: malformed or oversized JSON, a body that is not an
-/// object, a `Meta` that is not an object, a `Meta.tenant` naming another tenant, other
-/// spellings of `Meta` that Consul's decoder would also accept (`meta`, `service_meta`, …,
-/// since Go's JSON decoding ignores case), and a `Connect.SidecarService` (it registers a
-/// second service whose `Meta` this rewrite does not cover).
+/// Rewrites a `PUT /v1/agent/service/register` body so that `Meta.tenant` is `tenant` and
+/// every `CheckID` is in the tenant's namespace, keeping every other field. Refused:
+/// malformed or oversized JSON, a body that is not an object, a `Meta` that is not an
+/// object, a `Meta.tenant` naming another tenant, other spellings of `Meta` that Consul's
+/// decoder would also accept (`meta`, `service_meta`, …, since Go's JSON decoding ignores
+/// case), a `Connect.SidecarService` (it registers a second service whose `Meta` this
+/// rewrite does not cover), any non-ASCII object key, and everything the registration
+/// allow-list refuses: unknown fields, a non-empty `Kind`, `Proxy` or `Connect`, a `Name`
+/// outside `[A-Za-z0-9._-]`, and checks other than TTL or HTTP/TCP/gRPC at the service's
+/// own `Address:Port`.
 pub fn rewrite_registration(body: &[u8], tenant: &TenantName) -> Result<Vec<u8>, DenyReason> {
     if body.len() > MAX_REGISTRATION_LEN {
         return Err(DenyReason::BadBody("the registration is too large".into()));
     }
-    let mut root: Map<String, Value> =
+    let value: Value =
         serde_json::from_slice(body).map_err(|e| DenyReason::BadBody(e.to_string()))?;
+    let Value::Object(mut root) = value else {
+        return Err(DenyReason::BadBody(
+            "the registration must be an object".into(),
+        ));
+    };
     for (key, value) in &root {
         let folded = fold(key);
         if key != "Meta" && matches!(folded.as_str(), "meta" | "servicemeta") {
@@ -39,6 +49,13 @@ pub fn rewrite_registration(body: &[u8], tenant: &TenantName) -> Result<Vec<u8>,
             return Err(DenyReason::AmbiguousField(format!("{key}.SidecarService")));
         }
     }
+    for value in root.values() {
+        refuse_non_ascii_keys(value)?;
+    }
+    if root.keys().any(|k| !k.is_ascii()) {
+        return Err(DenyReason::NonAsciiKey);
+    }
+    check_registration(&mut root, tenant)?;
     let meta = root
         .entry("Meta")
         .or_insert_with(|| Value::Object(Map::new()));
@@ -67,11 +84,22 @@ pub fn filter_catalog_services(
     tenant: &TenantName,
     owners: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>, DenyReason> {
+    filter_catalog_services_by(body, |name| {
+        owners.get(name).is_some_and(|t| t == tenant.as_str())
+    })
+}
+
+/// [`filter_catalog_services`] with the ownership test as a function: keeps the services
+/// for which `is_tenants(name)` holds, so a caller with several maps needs no merged copy.
+pub fn filter_catalog_services_by(
+    body: &[u8],
+    is_tenants: impl Fn(&str) -> bool,
+) -> Result<Vec<u8>, DenyReason> {
     let services: Map<String, Value> =
         serde_json::from_slice(body).map_err(|e| DenyReason::BadBody(e.to_string()))?;
     let kept: Map<String, Value> = services
         .into_iter()
-        .filter(|(name, _)| owners.get(name).is_some_and(|t| t == tenant.as_str()))
+        .filter(|(name, _)| is_tenants(name))
         .collect();
     serde_json::to_vec(&kept).map_err(|e| DenyReason::BadBody(e.to_string()))
 }
@@ -152,7 +180,7 @@ impl Default for KvPrefix {
 }
 
 /// A JSON key as Consul's decoders may match it: lowercase, without `_` or `-`.
-fn fold(key: &str) -> String {
+pub(crate) fn fold(key: &str) -> String {
     key.chars()
         .filter(|c| !matches!(c, '_' | '-'))
         .flat_map(char::to_lowercase)

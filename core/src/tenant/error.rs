@@ -113,4 +113,13 @@ pub enum DenyReason {
     /// A registration uses a spelling of a field that could bypass the tenant rewrite.
     #[error("the registration has an ambiguous field: {0}")]
     AmbiguousField(String),
+    /// A registration field outside the allow-list, or one that must stay empty.
+    #[error("the registration has a field that is not allowed: {0}")]
+    FieldNotAllowed(String),
+    /// A registration object key that is not ASCII (Go's decoder folds some onto ASCII).
+    #[error("the registration has a non-ascii key")]
+    NonAsciiKey,
+    /// A health check that is not a TTL check or a network check at the service itself.
+    #[error("the health check is not allowed: {0}")]
+    CheckNotAllowed(&'static str),
 }

@@ -9,6 +9,7 @@ mod body;
 mod cidr;
 mod error;
 mod name;
+mod registration;
 mod resolve;
 mod route;
 mod spiffe;
@@ -23,12 +24,14 @@ pub use bexpr::{
     tenant_filter, validate_user_filter, MAX_USER_FILTER_LEN,
 };
 pub use body::{
-    filter_catalog_services, rewrite_registration, scope_registration_id, scoped_service_id,
-    KvPrefix, MAX_REGISTRATION_LEN, SERVICE_ID_SEPARATOR, TENANT_META_KEY,
+    filter_catalog_services, filter_catalog_services_by, rewrite_registration,
+    scope_registration_id, scoped_service_id, KvPrefix, MAX_REGISTRATION_LEN, SERVICE_ID_SEPARATOR,
+    TENANT_META_KEY,
 };
 pub use cidr::{is_trusted_source, parse_source_address, Cidr};
 pub use error::{DenyReason, SourceKind, TenantError};
 pub use name::{TenantName, MAX_TENANT_LEN};
+pub use registration::registration_service_name;
 pub use resolve::{resolve, IdentitySource, RequestFacts, Resolution};
 pub use route::{
     classify_consul_request, normalize_path, split_path_query, ConsulRoute, TenantSelector,

@@ -196,7 +196,7 @@ pub fn classify_consul_request(method: &str, path: &[u8]) -> ConsulRoute {
     }
 }
 
-fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_CONSUL_NAME_LEN
         && s.bytes()

@@ -116,6 +116,8 @@ fn all_variants(
             .upstream(upstream_port)
             .concurrency(concurrency)
     };
+    // The floor: a Wasm filter that makes no host call; then one that makes two.
+    let noop = wasm_artifact("fixture_noop")?;
     let minimal = wasm_artifact("fixture_minimal")?;
     let mut out = vec![
         Variant {
@@ -141,8 +143,13 @@ fn all_variants(
                 .concurrency(concurrency),
         },
         Variant {
-            name: "wasm fixture_minimal (proxy-wasm floor)",
+            name: "wasm noop (proxy-wasm floor)",
             compare_with: None,
+            config: base().wasm_filter(WasmFilter::new("noop", noop)),
+        },
+        Variant {
+            name: "wasm fixture_minimal (2 host calls per request)",
+            compare_with: Some("wasm noop (proxy-wasm floor)"),
             config: base().wasm_filter(WasmFilter::new("minimal", minimal)),
         },
     ];

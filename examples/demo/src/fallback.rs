@@ -127,6 +127,8 @@ pub fn run() -> Result<()> {
         &rows,
     );
     println!();
+    // The filter hands its per-request counters to Envoy on each worker's 1 s tick.
+    sleep(Duration::from_millis(1_100));
     let stats = envoy.stats()?;
     for (name, value) in stats
         .iter()

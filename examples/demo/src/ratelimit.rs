@@ -95,6 +95,8 @@ pub fn run() -> Result<()> {
 
     println!();
     println!("upstream received {} request(s)", upstream.request_count());
+    // The filter hands its per-request counters to Envoy on each worker's 1 s tick.
+    std::thread::sleep(Duration::from_millis(1_100));
     for (name, value) in envoy
         .stats()?
         .iter()

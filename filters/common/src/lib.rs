@@ -20,6 +20,6 @@ pub use crate::{
     headers::HeaderMap,
     logging::{init_logging, install_panic_hook, sync_log_level},
     matching::{HeaderMatcher, StringMatcher},
-    metrics::{Counter, Gauge},
+    metrics::{BatchedCounter, Counter, Gauge},
     reply::send_local_reply,
 };

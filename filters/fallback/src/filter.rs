@@ -1,6 +1,7 @@
 //! The proxy-wasm shell: the root context compiles the configuration once, creates the shared
-//! breaker states and the stats; each HTTP context asks its breaker before forwarding, records
-//! the response's outcome, and serves the fallback when the breaker rejects.
+//! breaker states and the stats, and flushes the per-request counters on its tick; each HTTP
+//! context asks its breaker before forwarding, records the response's outcome, and serves the
+//! fallback when the breaker rejects.
 
 use std::rc::Rc;
 
@@ -9,8 +10,8 @@ use meshguard_core::{
     BreakerPhase, Outcome, OutcomeKind, Permit, ResponseFacts, Transition, UpstreamFailure,
 };
 use meshguard_filter_common::{
-    init_logging, parse_config, send_local_reply, sync_log_level, CasStore, Counter, Gauge,
-    HeaderMap, SharedData, WallClock,
+    init_logging, parse_config, send_local_reply, sync_log_level, BatchedCounter, CasStore,
+    Counter, Gauge, HeaderMap, SharedData, WallClock,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -47,16 +48,18 @@ pub(crate) fn start() {
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { state: None }) });
 }
 
-/// One breaker's stats (absent if the host refused to define one).
+/// One breaker's stats (absent if the host refused to define one). The counters bumped on
+/// every request of a closed or an open breaker are batched in the VM and flushed on the root's
+/// tick (they lag by at most [`BatchedCounter::FLUSH_PERIOD`]); the others go out at once.
 #[derive(Debug)]
 struct Stats {
-    calls: Option<Counter>,
+    calls: BatchedCounter,
     failures: Option<Counter>,
     slow_calls: Option<Counter>,
-    rejected: Option<Counter>,
-    shadow_rejected: Option<Counter>,
-    fallback_static: Option<Counter>,
-    fallback_fail_fast: Option<Counter>,
+    rejected: BatchedCounter,
+    shadow_rejected: BatchedCounter,
+    fallback_static: BatchedCounter,
+    fallback_fail_fast: BatchedCounter,
     fallback_cache: Option<Counter>,
     fallback_service: Option<Counter>,
     cache_misses: Option<Counter>,
@@ -71,14 +74,15 @@ struct Stats {
 impl Stats {
     fn define(breaker: &str) -> Self {
         let counter = |name: &str| Counter::define(&format!("{STATS_PREFIX}.{breaker}.{name}"));
+        let batched = |name: &str| BatchedCounter::new(counter(name));
         Self {
-            calls: counter("calls"),
+            calls: batched("calls"),
             failures: counter("failures"),
             slow_calls: counter("slow_calls"),
-            rejected: counter("rejected"),
-            shadow_rejected: counter("shadow_rejected"),
-            fallback_static: counter("fallback_static"),
-            fallback_fail_fast: counter("fallback_fail_fast"),
+            rejected: batched("rejected"),
+            shadow_rejected: batched("shadow_rejected"),
+            fallback_static: batched("fallback_static"),
+            fallback_fail_fast: batched("fallback_fail_fast"),
             fallback_cache: counter("fallback_cache"),
             fallback_service: counter("fallback_service"),
             cache_misses: counter("cache_misses"),
@@ -88,6 +92,15 @@ impl Stats {
             contention: counter("contention"),
             state: Gauge::define(&format!("{STATS_PREFIX}.{breaker}.state")),
         }
+    }
+
+    /// Hands the batched counts to the host (one host call per counter with counts).
+    fn flush(&self) {
+        self.calls.flush();
+        self.rejected.flush();
+        self.shadow_rejected.flush();
+        self.fallback_static.flush();
+        self.fallback_fail_fast.flush();
     }
 
     fn set_state(&self, phase: BreakerPhase) {
@@ -159,7 +172,23 @@ struct Root {
     state: Option<Rc<State>>,
 }
 
-impl Context for Root {}
+impl Root {
+    fn flush_stats(&self) {
+        if let Some(state) = &self.state {
+            for stats in &state.stats {
+                stats.flush();
+            }
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        // The VM is going away: the batched counts must not go with it.
+        self.flush_stats();
+        true
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -192,7 +221,13 @@ impl RootContext for Root {
             stats,
             clock: WallClock::new(),
         }));
+        // A tick only to flush the batched counters.
+        self.set_tick_period(BatchedCounter::FLUSH_PERIOD);
         true
+    }
+
+    fn on_tick(&mut self) {
+        self.flush_stats();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -357,7 +392,7 @@ impl Stream {
         for (i, step) in b.steps.iter().enumerate().skip(from) {
             match step {
                 Fallback::Static(s) => {
-                    bump(stats.fallback_static);
+                    stats.fallback_static.increment();
                     let headers: Vec<(String, String)> = s
                         .headers
                         .iter()
@@ -392,7 +427,7 @@ impl Stream {
                 Fallback::Chain(_) => {}
             }
         }
-        bump(stats.fallback_fail_fast);
+        stats.fallback_fail_fast.increment();
         let body = format!("circuit breaker {} is {}\n", b.name, phase_name(phase));
         let reason_header = [(REASON_HEADER.to_string(), reason.to_string())];
         Self::reply(b, phase, "fail_fast", 503, &reason_header, body.as_bytes());
@@ -550,12 +585,12 @@ impl HttpContext for Stream {
         );
         match acquired.permit {
             Permit::Rejected { .. } => {
-                bump(stats.rejected);
+                stats.rejected.increment();
                 self.run_fallback(&state, 0, acquired.phase, "breaker_open");
                 Action::Pause
             }
             Permit::Allowed { probe } => {
-                bump(stats.calls);
+                stats.calls.increment();
                 if let Some(ms) = b.timeout_ms {
                     self.set_http_request_header(TIMEOUT_HEADER, Some(&ms.to_string()));
                 }
@@ -568,8 +603,8 @@ impl HttpContext for Stream {
                 Action::Continue
             }
             Permit::ShadowRejected { .. } => {
-                bump(stats.calls);
-                bump(stats.shadow_rejected);
+                stats.calls.increment();
+                stats.shadow_rejected.increment();
                 if let Some(ms) = b.timeout_ms {
                     self.set_http_request_header(TIMEOUT_HEADER, Some(&ms.to_string()));
                 }

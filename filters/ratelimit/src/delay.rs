@@ -3,7 +3,8 @@
 //! ABI 0.2.1 has no per-stream timer, only one tick timer per root context. The queue keeps the
 //! paused streams ordered by release time and arms the timer for the earliest one (whole
 //! milliseconds, rounded up, so a request is never released early); each tick resumes the due
-//! streams and re-arms for the next, or stops the timer when the queue is empty. The pacing
+//! streams and re-arms for the next, or says it needs no timer when the queue is empty (the
+//! filter then keeps the tick at its stats flush period, never longer). The pacing
 //! itself was decided in shared data when the request arrived, so this queue is per VM and
 //! needs no coordination.
 
@@ -24,7 +25,7 @@ pub(crate) struct DelayQueue {
 pub(crate) enum Timer {
     /// Leave it as it is.
     Keep,
-    /// Set the tick period to this many milliseconds (0: stop).
+    /// Set the tick period to this many milliseconds (0: the queue needs no timer).
     Set(u64),
 }
 

@@ -1,6 +1,7 @@
 //! The proxy-wasm shell: the root context parses the configuration once, creates the shared
-//! tables and the stats, and releases held requests on its timer; each HTTP context turns the
-//! engine's verdict into Continue, a pause or a local reply.
+//! tables and the stats, releases held requests on its timer and flushes the per-request
+//! counters on it; each HTTP context turns the engine's verdict into Continue, a pause or a
+//! local reply.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -8,7 +9,8 @@ use std::time::Duration;
 
 use log::{debug, error, log_enabled, Level};
 use meshguard_filter_common::{
-    init_logging, parse_config, send_local_reply, sync_log_level, Counter, SharedData, WallClock,
+    init_logging, parse_config, send_local_reply, sync_log_level, BatchedCounter, Counter,
+    SharedData, WallClock,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -35,28 +37,39 @@ pub(crate) fn start() {
     });
 }
 
-/// A rule's counters (absent if the host refused to define one).
+/// A rule's counters (absent if the host refused to define one). The decision counters are
+/// bumped on every request, so they are batched in the VM and flushed on the root's tick (a
+/// stat lags by at most [`BatchedCounter::FLUSH_PERIOD`]); the rare ones go out at once.
 #[derive(Debug)]
 struct RuleStats {
-    allowed: Option<Counter>,
-    delayed: Option<Counter>,
-    limited: Option<Counter>,
-    shadow_limited: Option<Counter>,
+    allowed: BatchedCounter,
+    delayed: BatchedCounter,
+    limited: BatchedCounter,
+    shadow_limited: BatchedCounter,
     contention: Option<Counter>,
     overflow: Option<Counter>,
 }
 
 impl RuleStats {
     fn define(rule: &str) -> Self {
-        let counter = |name: &str| Counter::define(&format!("{STATS_PREFIX}.{rule}.{name}"));
+        let name = |name: &str| format!("{STATS_PREFIX}.{rule}.{name}");
+        let batched = |n: &str| BatchedCounter::define(&name(n));
         Self {
-            allowed: counter("allowed"),
-            delayed: counter("delayed"),
-            limited: counter("limited"),
-            shadow_limited: counter("shadow_limited"),
-            contention: counter("contention"),
-            overflow: counter("overflow"),
+            allowed: batched("allowed"),
+            delayed: batched("delayed"),
+            limited: batched("limited"),
+            shadow_limited: batched("shadow_limited"),
+            contention: Counter::define(&name("contention")),
+            overflow: Counter::define(&name("overflow")),
         }
+    }
+
+    /// Hands the batched counts to the host (one host call per counter with counts).
+    fn flush(&self) {
+        self.allowed.flush();
+        self.delayed.flush();
+        self.limited.flush();
+        self.shadow_limited.flush();
     }
 }
 
@@ -92,7 +105,7 @@ impl State {
             Event::Contention { key } => {
                 bump(stats.contention);
                 if rule.action != crate::config::Action::Shadow {
-                    bump(stats.limited);
+                    stats.limited.increment();
                 }
                 debug!(
                     "ratelimit rule={} key={} contention: compare-and-swap retries ran out",
@@ -105,12 +118,13 @@ impl State {
                 outcome,
                 effect,
             } => {
-                bump(match effect {
-                    Effect::Allowed => stats.allowed,
-                    Effect::Delayed(_) => stats.delayed,
-                    Effect::Limited => stats.limited,
-                    Effect::ShadowLimited => stats.shadow_limited,
-                });
+                match effect {
+                    Effect::Allowed => &stats.allowed,
+                    Effect::Delayed(_) => &stats.delayed,
+                    Effect::Limited => &stats.limited,
+                    Effect::ShadowLimited => &stats.shadow_limited,
+                }
+                .increment();
                 if outcome.overflow {
                     bump(stats.overflow);
                 }
@@ -138,6 +152,13 @@ impl State {
         }
     }
 
+    /// Hands every rule's batched counts to the host.
+    fn flush_stats(&self) {
+        for stats in &self.stats {
+            stats.flush();
+        }
+    }
+
     /// Re-reads Envoy's log level every [`LOG_LEVEL_REFRESH`] decisions.
     fn refresh_log_level(&self) {
         let n = self.decisions.get().wrapping_add(1);
@@ -148,10 +169,16 @@ impl State {
     }
 }
 
-/// Sets the root's tick period as the delay queue asks.
+/// Sets the root's tick period as the delay queue asks, but never longer than the stats flush
+/// period: the same tick flushes the batched counters, so it never stops.
 fn apply(timer: Timer) {
     if let Timer::Set(ms) = timer {
-        let _ = hostcalls::set_tick_period(Duration::from_millis(ms));
+        let flush = BatchedCounter::FLUSH_PERIOD;
+        let period = match Duration::from_millis(ms) {
+            d if d.is_zero() => flush,
+            d => d.min(flush),
+        };
+        let _ = hostcalls::set_tick_period(period);
     }
 }
 
@@ -160,7 +187,15 @@ struct Root {
     state: Option<Rc<State>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        // The VM is going away: the batched counts must not go with it.
+        if let Some(state) = &self.state {
+            state.flush_stats();
+        }
+        true
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -192,6 +227,8 @@ impl RootContext for Root {
             queue: RefCell::new(DelayQueue::default()),
             decisions: Cell::new(0),
         }));
+        // The tick flushes the batched counters; the delay queue only ever shortens it.
+        apply(Timer::Set(0));
         true
     }
 
@@ -210,6 +247,7 @@ impl RootContext for Root {
             }
         }
         let _ = hostcalls::set_effective_context(self.context_id);
+        state.flush_stats();
         sync_log_level();
     }
 

@@ -131,7 +131,9 @@ pub struct Service {
     /// Only instances with this tag (`?tag=`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
-    /// Only instances with `Service.Meta.tenant` equal to this (`?filter=`).
+    /// Only instances with `Service.Meta.tenant` equal to this (`?filter=`); also the
+    /// service's owner in the tenant map. A tenant name: 1 to 63 lowercase ASCII letters,
+    /// digits, `-` and `_`, starting and ending with a letter or digit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     /// How an instance is picked (default `round_robin`).
@@ -545,7 +547,10 @@ impl Validate for Service {
             }
         }
         if let Some(tenant) = &self.tenant {
-            check_name("tenant", tenant, 64)?;
+            // Only names the tenant filter can produce (its `TenantName`): a service scoped
+            // to any other name would match no request's tenant.
+            meshguard_core::TenantName::try_new(tenant)
+                .map_err(|e| ConfigError::at("tenant", format!("`{tenant}`: {e}")))?;
         }
         match (self.balancer, &self.hash_on) {
             (Balancer::ConsistentHash, None) => {
@@ -787,6 +792,22 @@ mod tests {
             (
                 r#"{"name":"a","balancer":"fastest"}"#,
                 "services[0].balancer: unknown variant `fastest`",
+            ),
+            (
+                r#"{"name":"a","tenant":"Acme"}"#,
+                "services[0].tenant: `Acme`: tenant must contain only lowercase",
+            ),
+            (
+                r#"{"name":"a","tenant":"acme.eu"}"#,
+                "services[0].tenant: `acme.eu`: tenant must contain only lowercase",
+            ),
+            (
+                r#"{"name":"a","tenant":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#,
+                "services[0].tenant: `aaaa",
+            ),
+            (
+                r#"{"name":"a","tenant":"-acme"}"#,
+                "services[0].tenant: `-acme`: tenant must start and end",
             ),
         ];
         for (service, want) in cases {

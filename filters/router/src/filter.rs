@@ -22,7 +22,7 @@ use proxy_wasm::types::{Action, ContextType, MapType};
 use crate::config::{Config, FallbackResponse, HashOn, Mode};
 use crate::failback::{FailbackQueue, Resent};
 use crate::pool::{Policy, Pool};
-use crate::registry::{list_key, Lease, LeaseOutcome, LEASE_KEY};
+use crate::registry::{list_key, sync_scope, Lease, LeaseOutcome};
 use crate::sync::{Answer, Reply, Syncer};
 
 /// Prefix of every stat: Envoy shows `wasmcustom.meshguard_router.<service>.<name>`.
@@ -66,6 +66,9 @@ struct Stats {
     failback_dropped: Option<Counter>,
     failback_delivered: Option<Counter>,
     failback_exhausted: Option<Counter>,
+    failback_skipped: Option<Counter>,
+    tenant_conflicts: Option<Counter>,
+    instances_left_out: Option<Counter>,
     sync_changes: Option<Counter>,
     sync_errors: Option<Counter>,
     sync_empty: Option<Counter>,
@@ -87,6 +90,9 @@ impl Stats {
             failback_dropped: c("failback_dropped"),
             failback_delivered: c("failback_delivered"),
             failback_exhausted: c("failback_exhausted"),
+            failback_skipped: c("failback_skipped"),
+            tenant_conflicts: c("tenant_conflicts"),
+            instances_left_out: c("instances_left_out"),
             sync_changes: c("sync_changes"),
             sync_errors: c("sync_errors"),
             sync_empty: c("sync_empty"),
@@ -130,12 +136,16 @@ struct Route {
 }
 
 impl Route {
-    fn compile(s: &crate::config::Service, datacenters: &[String]) -> Result<Self, String> {
+    fn compile(
+        s: &crate::config::Service,
+        datacenters: &[String],
+        scope: &str,
+    ) -> Result<Self, String> {
         let m = &s.matches;
         let err = |e: meshguard_filter_common::ConfigError| e.to_string();
         Ok(Self {
             name: s.name.clone(),
-            list_key: list_key(&s.name),
+            list_key: list_key(scope, &s.name),
             authority: m
                 .authority
                 .as_ref()
@@ -271,7 +281,7 @@ impl Context for Root {
         }
         // Shutting down: stop polling and hand the lease on at once.
         if let Some(syncer) = self.syncer.take() {
-            Lease::release(&SharedData, syncer.me());
+            Lease::release(&SharedData, syncer.lease_key(), syncer.me());
         }
         true
     }
@@ -287,10 +297,11 @@ impl Context for Root {
             return;
         };
         let now = state.clock.now_ns();
+        // Byte readers: the SDK's `String` readers trap on a value that is not UTF-8.
         let status = (num_headers > 0)
-            .then(|| self.get_http_call_response_header(":status"))
+            .then(|| self.get_http_call_response_header_bytes(":status"))
             .flatten()
-            .and_then(|s| s.parse::<u16>().ok());
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
         if let Some(pos) = self.resends.iter().position(|(t, _)| *t == token) {
             let (_, service) = self.resends.swap_remove(pos);
             let mut queues = state.queues.borrow_mut();
@@ -312,8 +323,9 @@ impl Context for Root {
             return;
         }
         let index = (num_headers > 0)
-            .then(|| self.get_http_call_response_header("x-consul-index"))
-            .flatten();
+            .then(|| self.get_http_call_response_header_bytes("x-consul-index"))
+            .flatten()
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
@@ -334,6 +346,19 @@ impl Context for Root {
         };
         if let Some(route) = state.routes.get(handled.service) {
             let name = &route.name;
+            if let Some(why) = &handled.tenant_conflict {
+                bump(route.stats.tenant_conflicts);
+                warn!("meshguard_router service={name} left out of the tenant map: {why}");
+            }
+            if handled.left_out > 0 {
+                if let Some(c) = route.stats.instances_left_out {
+                    c.add(handled.left_out as u64);
+                }
+                warn!(
+                    "meshguard_router service={name} {} instances left out: a string longer than 65535 bytes or more than 65535 instances",
+                    handled.left_out
+                );
+            }
             match &handled.answer {
                 Answer::Changed { instances } => {
                     bump(route.stats.sync_changes);
@@ -537,10 +562,11 @@ impl RootContext for Root {
                 return false;
             }
         };
+        let scope = sync_scope(&config);
         let routes = match config
             .services
             .iter()
-            .map(|s| Route::compile(s, &config.consul.datacenters))
+            .map(|s| Route::compile(s, &config.consul.datacenters, &scope))
             .collect::<Result<Vec<_>, _>>()
         {
             Ok(r) => r,
@@ -570,7 +596,7 @@ impl RootContext for Root {
                 None => None,
             });
         }
-        ensure(&SharedData, LEASE_KEY, &Lease::initial());
+        ensure(&SharedData, syncer.lease_key(), &Lease::initial());
         self.consul = Some(ConsulTarget {
             cluster: config.consul.cluster.clone(),
             authority: config
@@ -600,7 +626,7 @@ impl RootContext for Root {
         // Without `sync`, another plugin (an envoy.bootstrap.wasm singleton) polls.
         self.syncer = config.consul.sync.then_some(syncer);
         debug!(
-            "meshguard_router: root {} configured with {} services",
+            "meshguard_router: root {} configured with {} services, sync scope {scope}",
             self.context_id,
             config.services.len()
         );
@@ -667,6 +693,12 @@ struct Routed {
     started_at: u64,
     /// Request kept for a failback resend (`None`: not resendable).
     resend: Option<Captured>,
+    /// A failback route and an idempotent method: a failure that cannot be queued (body too
+    /// big or unfinished, a header that is not UTF-8) is counted as skipped.
+    resendable: bool,
+    /// The request reached its end (end of stream on headers or body, or trailers): only
+    /// then is the captured body the whole body.
+    complete: bool,
 }
 
 struct Stream {
@@ -688,10 +720,27 @@ impl Context for Stream {
     }
 }
 
+/// One request header, read as bytes (the SDK's `String` reader traps on a value that is not
+/// UTF-8, and a client can send any octet): a value that is not UTF-8 is read lossily, each
+/// invalid sequence becoming U+FFFD, for matching and hashing.
 fn header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
         .ok()
         .flatten()
+        .map(|v| match String::from_utf8(v) {
+            Ok(text) => text,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
+}
+
+/// The request headers for a failback resend, read as bytes; `None` if a value is not UTF-8
+/// (the resend could not carry it verbatim, so the request is not resendable).
+fn request_headers_for_resend() -> Option<Vec<(String, String)>> {
+    hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+        .ok()?
+        .into_iter()
+        .map(|(k, v)| Some((k, String::from_utf8(v).ok()?)))
+        .collect()
 }
 
 /// The request headers as this stream reads them. A configuration that reads any request
@@ -777,7 +826,7 @@ impl Stream {
 }
 
 impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(state) = self.state.clone() else {
             return Action::Continue;
         };
@@ -892,38 +941,46 @@ impl HttpContext for Stream {
             self.remove_request_header(&headers, RETRY_ON_HEADER);
             self.remove_request_header(&headers, PER_TRY_TIMEOUT_HEADER);
         }
-        let resend = (route.mode == Mode::Failback && idempotent(&method)).then(|| {
-            let all = match &headers {
-                Headers::Map(map) => map.to_vec(),
-                Headers::Unread => self.get_http_request_headers(),
-            };
-            let headers = all
-                .into_iter()
-                .filter(|(k, _)| {
-                    !k.eq_ignore_ascii_case(&state.override_header)
-                        && !k.starts_with("x-envoy-")
-                        && !matches!(k.as_str(), "content-length" | "transfer-encoding")
-                })
-                .collect::<Vec<_>>();
-            (headers, Vec::new())
-        });
+        let resendable = route.mode == Mode::Failback && idempotent(&method);
+        let resend = resendable
+            .then(|| {
+                // An intact map is all UTF-8; otherwise read it as bytes (never the SDK's
+                // `String` reader, which traps on a value that is not UTF-8).
+                let all = match &headers {
+                    Headers::Map(map) => Some(map.to_vec()),
+                    Headers::Unread => request_headers_for_resend(),
+                }?;
+                let headers = all
+                    .into_iter()
+                    .filter(|(k, _)| {
+                        !k.eq_ignore_ascii_case(&state.override_header)
+                            && !k.starts_with("x-envoy-")
+                            && !matches!(k.as_str(), "content-length" | "transfer-encoding")
+                    })
+                    .collect::<Vec<_>>();
+                Some((headers, Vec::new()))
+            })
+            .flatten();
         self.routed = Some(Routed {
             service,
             hosts,
             primary_id,
             started_at: now,
             resend,
+            resendable,
+            complete: end_of_stream,
         });
         Action::Continue
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(state) = self.state.clone() else {
             return Action::Continue;
         };
         let Some(routed) = self.routed.as_mut() else {
             return Action::Continue;
         };
+        routed.complete |= end_of_stream;
         let max = state
             .routes
             .get(routed.service)
@@ -946,6 +1003,14 @@ impl HttpContext for Stream {
         Action::Continue
     }
 
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // Trailers end the request (its body chunks all came without end of stream).
+        if let Some(routed) = self.routed.as_mut() {
+            routed.complete = true;
+        }
+        Action::Continue
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(state) = self.state.clone() else {
             return Action::Continue;
@@ -962,10 +1027,11 @@ impl HttpContext for Stream {
         if !route.observes_responses {
             return Action::Continue;
         }
-        let status: Option<u16> = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse().ok());
+        let status: Option<u16> =
+            hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
         let failed = status.is_none_or(|s| s >= 500);
         let now = state.clock.now_ns();
         if !routed.hosts.is_empty() {
@@ -1011,10 +1077,10 @@ impl HttpContext for Stream {
         let mut kind = "failsafe";
         if route.mode == Mode::Failback {
             kind = "failback";
-            let queued = match (
-                routed.resend.take(),
-                state.queues.borrow_mut().get_mut(routed.service),
-            ) {
+            // Only a request whose end was seen: an upstream may fail before the body is
+            // through, and resending part of a PUT's body would write the wrong thing.
+            let whole = routed.resend.take().filter(|_| routed.complete);
+            let queued = match (whole, state.queues.borrow_mut().get_mut(routed.service)) {
                 (Some((headers, body)), Some(Some(queue))) => {
                     let mut rng = state.rng.borrow_mut();
                     Some(queue.push(headers, body, now, &mut *rng))
@@ -1027,6 +1093,13 @@ impl HttpContext for Stream {
                     bump(route.stats.failback_dropped);
                     debug!(
                         "meshguard_router service={} failback queue full: dropped",
+                        route.name
+                    );
+                }
+                None if routed.resendable => {
+                    bump(route.stats.failback_skipped);
+                    debug!(
+                        "meshguard_router service={} failback: not resendable (body unfinished or over max_body_bytes, or a header that is not UTF-8)",
                         route.name
                     );
                 }

@@ -3,94 +3,197 @@
 //! status (index and time of the last good answer), the sync lease, and the service → tenant
 //! map for the tenant filter.
 //!
+//! Every key but the merged tenant map carries the configuration's *sync scope* (a hash of
+//! the Consul cluster, the datacenters and each service's name, tag and tenant): two router
+//! configurations in one `vm_id` (e.g. the old and the new one during an LDS drain) each hold
+//! their own lease and lists, and each contributes its own part of the tenant map.
+//!
 //! List record, all integers big-endian, strings as a u16 length and UTF-8 bytes:
 //! `"MGR1" tenant:str count:u16 { id:str host:str port:u16 weight:u32 dc:str zone:str }*`.
 //! About 40 bytes per instance, decoded once per VM per change (the reader keeps the decoded
-//! list under the record's CAS token).
+//! list under the record's CAS token). A string does not fit in a u16 length only with a
+//! Consul answer far beyond any real one: such an instance is left out and counted, never cut.
 
 use std::collections::BTreeMap;
 
 use meshguard_core::Instance;
 use meshguard_filter_common::{update, CasStore};
 
-/// Shared-data key of the sync lease.
-pub const LEASE_KEY: &str = "meshguard.router.v1.lease";
-/// Shared-data key of the service → tenant map (the tenant filter's contract).
+use crate::config::Config;
+
+/// Shared-data key of the service → tenant map (the tenant filter's contract): the merge of
+/// every sync scope's part.
 pub const TENANTS_KEY: &str = "meshguard.registry.service_tenants.v1";
+/// Shared-data key of the space-separated sync scopes that contributed a tenant-map part.
+const TENANT_SCOPES_KEY: &str = "meshguard.registry.service_tenants.v1.scopes";
 /// CAS retries of the lease, status and list writes (one writer at a time by the lease, so
 /// conflicts are rare: a takeover racing a renewal).
 const CAS_RETRIES: u32 = 8;
 
 const MAGIC: &[u8; 4] = b"MGR1";
 
-/// Shared-data key of `service`'s instance list.
-pub fn list_key(service: &str) -> String {
-    format!("meshguard.router.v1.instances.{service}")
+/// The sync scope of a configuration: 16 hex digits of FNV-1a over the Consul cluster, the
+/// datacenters and each service's name, tag and tenant, in order. Settings that only shape
+/// how the lease holder polls (`passing_only`, `wait`, timeouts, ...) are left out, so an
+/// HTTP filter with `sync: false` shares the lists of a singleton that polls for it.
+pub fn sync_scope(config: &Config) -> String {
+    let mut h = Fnv::default();
+    h.field(config.consul.cluster.as_bytes());
+    for dc in &config.consul.datacenters {
+        h.field(b"dc");
+        h.field(dc.as_bytes());
+    }
+    for s in &config.services {
+        h.field(b"service");
+        h.field(s.name.as_bytes());
+        h.field(s.tag.as_deref().unwrap_or("\0").as_bytes());
+        h.field(s.tenant.as_deref().unwrap_or("\0").as_bytes());
+    }
+    format!("{:016x}", h.0)
 }
 
-/// Shared-data key of `service`'s sync status.
-pub fn status_key(service: &str) -> String {
-    format!("meshguard.router.v1.status.{service}")
+/// FNV-1a, 64 bits (stable across builds and VMs, unlike std's hasher).
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    /// Hashes `bytes` and a separator no field contains (0xff is never UTF-8).
+    fn field(&mut self, bytes: &[u8]) {
+        for &b in bytes.iter().chain(&[0xff]) {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Shared-data key of the sync lease of `scope`.
+pub fn lease_key(scope: &str) -> String {
+    format!("meshguard.router.v1.{scope}.lease")
+}
+
+/// Shared-data key of `service`'s instance list in `scope`.
+pub fn list_key(scope: &str, service: &str) -> String {
+    format!("meshguard.router.v1.{scope}.instances.{service}")
+}
+
+/// Shared-data key of `service`'s sync status in `scope`.
+pub fn status_key(scope: &str, service: &str) -> String {
+    format!("meshguard.router.v1.{scope}.status.{service}")
+}
+
+/// Shared-data key of `scope`'s part of the service → tenant map.
+fn tenants_part_key(scope: &str) -> String {
+    format!("{TENANTS_KEY}.{scope}")
 }
 
 /// Shared-data key of `service`'s instances in datacenter `dc` (watched separately when
 /// several datacenters are configured; [`merge_lists`] builds the service's list from them).
-pub fn dc_list_key(service: &str, dc: &str) -> String {
-    format!("{}@{dc}", list_key(service))
+pub fn dc_list_key(scope: &str, service: &str, dc: &str) -> String {
+    format!("{}@{dc}", list_key(scope, service))
 }
 
 /// Shared-data key of the sync status of `service` in datacenter `dc`.
-pub fn dc_status_key(service: &str, dc: &str) -> String {
-    format!("{}@{dc}", status_key(service))
+pub fn dc_status_key(scope: &str, service: &str, dc: &str) -> String {
+    format!("{}@{dc}", status_key(scope, service))
 }
 
-/// Publishes `service`'s list as the concatenation of its per-datacenter records at
+/// Publishes the list at `key` as the concatenation of the per-datacenter records at
 /// `dc_keys`, in order (the local datacenter first; an instance id already taken by an
-/// earlier datacenter is left out; the first tenant found wins). Nothing is written while
-/// every record is missing or empty. Returns whether it wrote.
-pub fn merge_lists(store: &dyn CasStore, service: &str, dc_keys: &[String]) -> bool {
+/// earlier datacenter is left out). The tenant is the one every datacenter with instances
+/// agrees on (none if they differ). Nothing is written while every record is missing or
+/// empty. Returns whether it wrote.
+pub fn merge_lists(store: &dyn CasStore, key: &str, dc_keys: &[String]) -> bool {
     let mut merged = ServiceList {
         tenant: None,
         instances: Vec::new(),
     };
+    let mut tenants = Vec::new();
     for key in dc_keys {
         let Some(list) = store.get(key).and_then(|(v, _)| decode(&v)) else {
             continue;
         };
-        merged.tenant = merged.tenant.or(list.tenant);
+        if list.instances.is_empty() {
+            continue;
+        }
+        tenants.push(list.tenant);
         for x in list.instances {
             if !merged.instances.iter().any(|y| y.id() == x.id()) {
                 merged.instances.push(x);
             }
         }
     }
-    !merged.instances.is_empty() && publish_list(store, &list_key(service), &merged)
+    merged.tenant = agreed(tenants).ok().flatten();
+    !merged.instances.is_empty() && publish_list(store, key, &merged).0
+}
+
+/// The value every item agrees on: `Ok(None)` for no items or all `None`; `Err` when they
+/// differ (a `None` next to a `Some` differs too).
+pub fn agreed<T: PartialEq>(items: impl IntoIterator<Item = Option<T>>) -> Result<Option<T>, ()> {
+    let mut items = items.into_iter();
+    let Some(first) = items.next() else {
+        return Ok(None);
+    };
+    for x in items {
+        if x != first {
+            return Err(());
+        }
+    }
+    Ok(first)
 }
 
 /// A service's instances as published, with the tenant its instances declare.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceList {
-    /// `Service.Meta.tenant` of the first instance that has one.
+    /// The service's owner: its configured `tenant`, else the `Service.Meta.tenant` every
+    /// instance carries (none when they disagree or some have none).
     pub tenant: Option<String>,
     /// The usable instances, never empty once published.
     pub instances: Vec<Instance>,
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(bytes.get(..usize::from(len)).unwrap_or(bytes));
+/// Whether `s` fits a record string (a u16 length).
+fn fits(s: &str) -> bool {
+    s.len() <= usize::from(u16::MAX)
 }
 
-/// Encodes a list record (strings longer than 65535 bytes are cut, which `decode` rejects).
-pub fn encode(list: &ServiceList) -> Vec<u8> {
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Callers check `fits`; a longer string would make a record `decode` rejects.
+    let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Encodes a list record. Nothing is cut: an instance with a string longer than 65535 bytes
+/// and the instances past the 65535th are left out, and so is a tenant that long; the second
+/// value counts what was left out.
+pub fn encode(list: &ServiceList) -> (Vec<u8>, usize) {
     let mut out = Vec::with_capacity(8 + list.instances.len() * 48);
     out.extend_from_slice(MAGIC);
-    put_str(&mut out, list.tenant.as_deref().unwrap_or(""));
-    let count = u16::try_from(list.instances.len()).unwrap_or(u16::MAX);
+    let tenant = list.tenant.as_deref().filter(|t| fits(t)).unwrap_or("");
+    put_str(&mut out, tenant);
+    let kept: Vec<&Instance> = list
+        .instances
+        .iter()
+        .filter(|x| {
+            [
+                x.id(),
+                x.host(),
+                x.datacenter().unwrap_or(""),
+                x.zone().unwrap_or(""),
+            ]
+            .iter()
+            .all(|s| fits(s))
+        })
+        .take(usize::from(u16::MAX))
+        .collect();
+    let left_out = list.instances.len() - kept.len();
+    let count = u16::try_from(kept.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&count.to_be_bytes());
-    for x in list.instances.iter().take(usize::from(count)) {
+    for x in kept {
         put_str(&mut out, x.id());
         put_str(&mut out, x.host());
         out.extend_from_slice(&x.port().get().to_be_bytes());
@@ -98,7 +201,7 @@ pub fn encode(list: &ServiceList) -> Vec<u8> {
         put_str(&mut out, x.datacenter().unwrap_or(""));
         put_str(&mut out, x.zone().unwrap_or(""));
     }
-    out
+    (out, left_out)
 }
 
 struct Reader<'a> {
@@ -189,10 +292,20 @@ impl SyncStatus {
             .unwrap_or_default()
     }
 
-    /// Writes the status at `key`; `false` if the CAS retries ran out.
-    pub fn store(&self, store: &dyn CasStore, key: &str) -> bool {
+    /// Writes the status at `key` unless the stored index is higher (a VM that lost the lease
+    /// answering late cannot move the watch back); `may_lower` allows it after Consul's index
+    /// went backwards (a reset re-reads from 0). `false` if refused or the CAS retries ran out.
+    pub fn store(&self, store: &dyn CasStore, key: &str, may_lower: bool) -> bool {
         let value = self.encode();
-        update(store, key, CAS_RETRIES, |_| ((), value.clone())).is_ok()
+        update(store, key, CAS_RETRIES, |current| {
+            let stored = current.and_then(Self::decode).unwrap_or_default();
+            if may_lower || stored.index <= self.index {
+                (true, value.clone())
+            } else {
+                (false, current.unwrap_or_default().to_vec())
+            }
+        })
+        .unwrap_or(false)
     }
 }
 
@@ -239,10 +352,19 @@ impl Lease {
         Self::default().encode()
     }
 
-    /// Renews the lease for `me` or claims it if it lapsed at `now` (ns); `ttl` ns from now.
-    /// An unreadable value counts as lapsed. CAS contention counts as held by another.
-    pub fn acquire(store: &dyn CasStore, me: u64, now: u64, ttl: u64) -> LeaseOutcome {
-        let result = update(store, LEASE_KEY, CAS_RETRIES, |current| {
+    /// Whether `me` holds the lease at `key` now (one read): checked before publishing an
+    /// answer, so a VM whose lease was taken over since its query went out stays silent.
+    pub fn held_by(store: &dyn CasStore, key: &str, me: u64) -> bool {
+        store
+            .get(key)
+            .and_then(|(v, _)| Self::decode(&v))
+            .is_some_and(|l| l.owner == me)
+    }
+
+    /// Renews the lease at `key` for `me` or claims it if it lapsed at `now` (ns); `ttl` ns
+    /// from now. An unreadable value counts as lapsed. CAS contention counts as held by another.
+    pub fn acquire(store: &dyn CasStore, key: &str, me: u64, now: u64, ttl: u64) -> LeaseOutcome {
+        let result = update(store, key, CAS_RETRIES, |current| {
             let lease = current.and_then(Self::decode).unwrap_or_default();
             let mine = Self {
                 owner: me,
@@ -265,8 +387,8 @@ impl Lease {
     }
 
     /// Gives the lease up if `me` holds it (on shutdown), so another VM need not wait.
-    pub fn release(store: &dyn CasStore, me: u64) {
-        let _ = update(store, LEASE_KEY, CAS_RETRIES, |current| {
+    pub fn release(store: &dyn CasStore, key: &str, me: u64) {
+        let _ = update(store, key, CAS_RETRIES, |current| {
             let lease = current.and_then(Self::decode).unwrap_or_default();
             if lease.owner == me {
                 ((), Self::default().encode())
@@ -278,36 +400,107 @@ impl Lease {
 }
 
 /// Writes `list` as the record at `key` if it differs from the stored one; returns whether it
-/// wrote (`false`: unchanged, or CAS retries ran out).
-pub fn publish_list(store: &dyn CasStore, key: &str, list: &ServiceList) -> bool {
-    let value = encode(list);
-    update(store, key, CAS_RETRIES, |current| {
+/// wrote (`false`: unchanged, or CAS retries ran out) and how many instances [`encode`] left
+/// out.
+pub fn publish_list(store: &dyn CasStore, key: &str, list: &ServiceList) -> (bool, usize) {
+    let (value, left_out) = encode(list);
+    let wrote = update(store, key, CAS_RETRIES, |current| {
         (current != Some(value.as_slice()), value.clone())
     })
-    .unwrap_or(false)
+    .unwrap_or(false);
+    (wrote, left_out)
 }
 
-/// Rebuilds the service → tenant map from the published lists of `services` and writes it
-/// when it changed (JSON object, services without a tenant absent).
+/// Rebuilds `scope`'s part of the service → tenant map from its published lists of
+/// `services` and, when the part changed, the merged map the tenant filter reads: the union
+/// of every scope's part, leaving out a service two parts give different tenants. Returns
+/// whether the merged map was written.
 pub fn publish_tenants<'a>(
     store: &dyn CasStore,
+    scope: &str,
     services: impl IntoIterator<Item = &'a str>,
 ) -> bool {
-    let mut map = BTreeMap::new();
+    let mut part = BTreeMap::new();
     for service in services {
         let tenant = store
-            .get(&list_key(service))
+            .get(&list_key(scope, service))
             .and_then(|(v, _)| decode(&v))
             .and_then(|l| l.tenant);
         if let Some(tenant) = tenant {
-            map.insert(service.to_string(), tenant);
+            part.insert(service.to_string(), tenant);
         }
     }
-    let value = serde_json::to_vec(&map).unwrap_or_else(|_| b"{}".to_vec());
-    update(store, TENANTS_KEY, CAS_RETRIES, |current| {
+    let value = serde_json::to_vec(&part).unwrap_or_else(|_| b"{}".to_vec());
+    let changed = update(store, &tenants_part_key(scope), CAS_RETRIES, |current| {
         (current != Some(value.as_slice()), value.clone())
     })
-    .unwrap_or(false)
+    .unwrap_or(false);
+    let _ = update(store, TENANT_SCOPES_KEY, CAS_RETRIES, |current| {
+        let text = current
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .unwrap_or("");
+        if text.split(' ').any(|s| s == scope) {
+            ((), text.as_bytes().to_vec())
+        } else if text.is_empty() {
+            ((), scope.as_bytes().to_vec())
+        } else {
+            ((), format!("{text} {scope}").into_bytes())
+        }
+    });
+    if !changed && store.get(TENANTS_KEY).is_some() {
+        return false;
+    }
+    merge_tenants(store)
+}
+
+/// Writes the merged tenant map from every scope's part (see [`publish_tenants`]), then reads
+/// the parts again and rewrites while they changed meanwhile (another scope's VM merging at
+/// the same time on another worker thread), at most [`CAS_RETRIES`] times.
+fn merge_tenants(store: &dyn CasStore) -> bool {
+    let mut wrote = false;
+    let mut value = merged_tenants(store);
+    for _ in 0..CAS_RETRIES {
+        wrote |= update(store, TENANTS_KEY, CAS_RETRIES, |current| {
+            (current != Some(value.as_slice()), value.clone())
+        })
+        .unwrap_or(false);
+        let again = merged_tenants(store);
+        if again == value {
+            break;
+        }
+        value = again;
+    }
+    wrote
+}
+
+/// The merged tenant map (JSON) from every scope's part.
+fn merged_tenants(store: &dyn CasStore) -> Vec<u8> {
+    let scopes = store
+        .get(TENANT_SCOPES_KEY)
+        .and_then(|(v, _)| String::from_utf8(v).ok())
+        .unwrap_or_default();
+    let mut merged: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for scope in scopes.split(' ').filter(|s| !s.is_empty()) {
+        let part: BTreeMap<String, String> = store
+            .get(&tenants_part_key(scope))
+            .and_then(|(v, _)| serde_json::from_slice(&v).ok())
+            .unwrap_or_default();
+        for (service, tenant) in part {
+            merged
+                .entry(service)
+                .and_modify(|t| {
+                    if t.as_deref() != Some(tenant.as_str()) {
+                        *t = None;
+                    }
+                })
+                .or_insert(Some(tenant));
+        }
+    }
+    let map: BTreeMap<String, String> = merged
+        .into_iter()
+        .filter_map(|(s, t)| Some((s, t?)))
+        .collect();
+    serde_json::to_vec(&map).unwrap_or_else(|_| b"{}".to_vec())
 }
 
 #[cfg(test)]
@@ -331,7 +524,8 @@ mod tests {
 
     #[test]
     fn lists_round_trip_and_garbage_is_rejected() {
-        let bytes = encode(&list());
+        let (bytes, left_out) = encode(&list());
+        assert_eq!(left_out, 0);
         assert_eq!(decode(&bytes), Some(list()));
         assert!(bytes.len() < 80, "{} bytes", bytes.len());
         for cut in 0..bytes.len() {
@@ -346,42 +540,65 @@ mod tests {
     #[test]
     fn the_lease_is_renewed_by_its_holder_and_taken_over_when_it_lapses() {
         let store = MemoryStore::new();
+        const LEASE_KEY: &str = "lease";
         store.set(LEASE_KEY, &Lease::initial(), 0).unwrap();
-        assert_eq!(Lease::acquire(&store, 1, 100, 50), LeaseOutcome::Held);
-        assert_eq!(Lease::acquire(&store, 2, 120, 50), LeaseOutcome::HeldBy(1));
-        assert_eq!(Lease::acquire(&store, 1, 140, 50), LeaseOutcome::Held);
-        assert_eq!(Lease::acquire(&store, 2, 189, 50), LeaseOutcome::HeldBy(1));
         assert_eq!(
-            Lease::acquire(&store, 2, 190, 50),
+            Lease::acquire(&store, LEASE_KEY, 1, 100, 50),
+            LeaseOutcome::Held
+        );
+        assert_eq!(
+            Lease::acquire(&store, LEASE_KEY, 2, 120, 50),
+            LeaseOutcome::HeldBy(1)
+        );
+        assert_eq!(
+            Lease::acquire(&store, LEASE_KEY, 1, 140, 50),
+            LeaseOutcome::Held
+        );
+        assert_eq!(
+            Lease::acquire(&store, LEASE_KEY, 2, 189, 50),
+            LeaseOutcome::HeldBy(1)
+        );
+        assert_eq!(
+            Lease::acquire(&store, LEASE_KEY, 2, 190, 50),
             LeaseOutcome::TookOver { from: 1 }
         );
-        assert_eq!(Lease::acquire(&store, 1, 200, 50), LeaseOutcome::HeldBy(2));
-        Lease::release(&store, 1);
-        assert_eq!(Lease::acquire(&store, 1, 201, 50), LeaseOutcome::HeldBy(2));
-        Lease::release(&store, 2);
-        assert_eq!(Lease::acquire(&store, 1, 202, 50), LeaseOutcome::Held);
+        assert_eq!(
+            Lease::acquire(&store, LEASE_KEY, 1, 200, 50),
+            LeaseOutcome::HeldBy(2)
+        );
+        Lease::release(&store, LEASE_KEY, 1);
+        assert_eq!(
+            Lease::acquire(&store, LEASE_KEY, 1, 201, 50),
+            LeaseOutcome::HeldBy(2)
+        );
+        Lease::release(&store, LEASE_KEY, 2);
+        assert_eq!(
+            Lease::acquire(&store, LEASE_KEY, 1, 202, 50),
+            LeaseOutcome::Held
+        );
     }
 
     #[test]
     fn lists_and_tenants_are_written_only_when_they_change() {
         let store = MemoryStore::new();
-        assert!(publish_list(&store, &list_key("orders"), &list()));
-        let (_, cas) = store.get(&list_key("orders")).unwrap();
-        assert!(!publish_list(&store, &list_key("orders"), &list()));
-        assert_eq!(store.get(&list_key("orders")).unwrap().1, cas);
-        assert!(publish_tenants(&store, ["orders", "users"]));
+        assert!(publish_list(&store, &list_key("s", "orders"), &list()).0);
+        let (_, cas) = store.get(&list_key("s", "orders")).unwrap();
+        assert!(!publish_list(&store, &list_key("s", "orders"), &list()).0);
+        assert_eq!(store.get(&list_key("s", "orders")).unwrap().1, cas);
+        assert!(publish_tenants(&store, "s", ["orders", "users"]));
         assert_eq!(store.get(TENANTS_KEY).unwrap().0, br#"{"orders":"acme"}"#);
-        assert!(!publish_tenants(&store, ["orders", "users"]));
+        assert!(!publish_tenants(&store, "s", ["orders", "users"]));
     }
 
     #[test]
     fn datacenter_lists_merge_in_order_without_duplicate_ids() {
         let store = MemoryStore::new();
-        let keys = [dc_list_key("orders", "dc1"), dc_list_key("orders", "dc2")];
-        assert!(
-            !merge_lists(&store, "orders", &keys),
-            "nothing to publish yet"
-        );
+        let keys = [
+            dc_list_key("s", "orders", "dc1"),
+            dc_list_key("s", "orders", "dc2"),
+        ];
+        let key = list_key("s", "orders");
+        assert!(!merge_lists(&store, &key, &keys), "nothing to publish yet");
         let one = |id: &str, port: u32, dc: &str| {
             Instance::try_new(id, "10.0.0.1", port, 1)
                 .unwrap()
@@ -397,11 +614,22 @@ mod tests {
         };
         publish_list(&store, &keys[1], &dc2);
         publish_list(&store, &keys[0], &dc1);
-        assert!(merge_lists(&store, "orders", &keys));
-        let merged = decode(&store.get(&list_key("orders")).unwrap().0).unwrap();
+        assert!(merge_lists(&store, &key, &keys));
+        let merged = decode(&store.get(&key).unwrap().0).unwrap();
         let ports: Vec<u16> = merged.instances.iter().map(|x| x.port().get()).collect();
         assert_eq!(ports, [3, 2], "dc1 first; dc2's n/a is a duplicate id");
-        assert_eq!(merged.tenant.as_deref(), Some("acme"));
+        assert_eq!(
+            merged.tenant, None,
+            "dc1 names no tenant, dc2 acme: no owner"
+        );
+        let dc1 = ServiceList {
+            tenant: Some("acme".into()),
+            ..dc1
+        };
+        publish_list(&store, &keys[0], &dc1);
+        assert!(merge_lists(&store, &key, &keys));
+        let merged = decode(&store.get(&key).unwrap().0).unwrap();
+        assert_eq!(merged.tenant.as_deref(), Some("acme"), "both agree");
     }
 
     #[test]
@@ -411,11 +639,100 @@ mod tests {
             index: 42,
             synced_at: 7,
         };
-        assert!(s.store(&store, &status_key("orders")));
-        assert_eq!(SyncStatus::load(&store, &status_key("orders")), s);
+        let key = status_key("s", "orders");
+        assert!(s.store(&store, &key, false));
+        assert_eq!(SyncStatus::load(&store, &key), s);
         assert_eq!(
-            SyncStatus::load(&store, &status_key("users")),
+            SyncStatus::load(&store, &status_key("s", "users")),
             SyncStatus::default()
+        );
+    }
+
+    #[test]
+    fn status_writes_never_move_the_index_back_unless_after_a_reset() {
+        let store = MemoryStore::new();
+        let key = status_key("s", "orders");
+        let at = |index, synced_at| SyncStatus { index, synced_at };
+        assert!(at(42, 7).store(&store, &key, false));
+        assert!(
+            !at(41, 9).store(&store, &key, false),
+            "a late, older answer"
+        );
+        assert_eq!(SyncStatus::load(&store, &key), at(42, 7));
+        assert!(
+            at(42, 9).store(&store, &key, false),
+            "same index, newer time"
+        );
+        assert!(at(3, 10).store(&store, &key, true), "Consul's index reset");
+        assert_eq!(SyncStatus::load(&store, &key), at(3, 10));
+    }
+
+    #[test]
+    fn encoding_leaves_out_what_does_not_fit_and_counts_it() {
+        let long = "h".repeat(70_000);
+        let mut big = list();
+        big.instances
+            .push(Instance::try_new(long.as_str(), "10.0.0.9", 1, 1).unwrap());
+        let (bytes, left_out) = encode(&big);
+        assert_eq!(left_out, 1);
+        assert_eq!(decode(&bytes), Some(list()), "the rest is whole");
+        let many = ServiceList {
+            tenant: None,
+            instances: (0..70_000u32)
+                .map(|i| Instance::try_new(i.to_string(), "10.0.0.1", 1, 1).unwrap())
+                .collect(),
+        };
+        let (bytes, left_out) = encode(&many);
+        assert_eq!(left_out, 70_000 - 65_535);
+        assert_eq!(decode(&bytes).unwrap().instances.len(), 65_535);
+    }
+
+    #[test]
+    fn sync_scopes_differ_by_cluster_and_services_but_not_by_polling_settings() {
+        let scope = |json: &str| {
+            sync_scope(&meshguard_filter_common::parse_config::<Config>(json.as_bytes()).unwrap())
+        };
+        let a = scope(r#"{"consul":{"cluster":"consul"},"services":[{"name":"orders"}]}"#);
+        assert_eq!(a.len(), 16);
+        assert_eq!(
+            a,
+            scope(
+                r#"{"consul":{"cluster":"consul","sync":false,"passing_only":false,"wait":"5s"},
+                    "services":[{"name":"orders","mode":"failfast"}]}"#
+            )
+        );
+        for other in [
+            r#"{"consul":{"cluster":"consul2"},"services":[{"name":"orders"}]}"#,
+            r#"{"consul":{"cluster":"consul"},"services":[{"name":"orders"},{"name":"users"}]}"#,
+            r#"{"consul":{"cluster":"consul"},"services":[{"name":"orders","tag":"v2"}]}"#,
+            r#"{"consul":{"cluster":"consul","datacenters":["dc1"]},"services":[{"name":"orders"}]}"#,
+        ] {
+            assert_ne!(a, scope(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn tenant_map_parts_of_two_scopes_merge_and_a_disagreement_leaves_the_service_out() {
+        let store = MemoryStore::new();
+        let list = |tenant: &str| ServiceList {
+            tenant: Some(tenant.into()),
+            instances: vec![Instance::try_new("n/a", "10.0.0.1", 1, 1).unwrap()],
+        };
+        publish_list(&store, &list_key("a", "orders"), &list("acme"));
+        publish_list(&store, &list_key("a", "users"), &list("acme"));
+        publish_list(&store, &list_key("b", "users"), &list("acme"));
+        publish_list(&store, &list_key("b", "billing"), &list("globex"));
+        assert!(publish_tenants(&store, "a", ["orders", "users"]));
+        assert!(publish_tenants(&store, "b", ["users", "billing"]));
+        assert_eq!(
+            store.get(TENANTS_KEY).unwrap().0,
+            br#"{"billing":"globex","orders":"acme","users":"acme"}"#
+        );
+        publish_list(&store, &list_key("b", "users"), &list("globex"));
+        assert!(publish_tenants(&store, "b", ["users", "billing"]));
+        assert_eq!(
+            store.get(TENANTS_KEY).unwrap().0,
+            br#"{"billing":"globex","orders":"acme"}"#
         );
     }
 }

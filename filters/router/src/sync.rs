@@ -3,20 +3,23 @@
 //! index goes backwards, never block on 0), at most one query start per `min_interval`, and
 //! capped exponential backoff with jitter after errors. Answers that yield no usable list
 //! (errors, timeouts, malformed or empty bodies) keep the published list: the client cache.
+//! An answer is published only while this VM still holds the lease (checked on arrival: a
+//! takeover may have happened while the query was blocked), and the status index only
+//! moves forward except right after Consul's index went backwards.
 //!
 //! No proxy-wasm here: the shell hands in `now`, the store, the random source and what Consul
 //! answered, and performs the dispatches this returns, so the logic is tested natively.
 
 use meshguard_core::{
     blocking_timeout_ns, blocks, next_index, next_query_at, parse_health_service, parse_index,
-    percent_encode, Backoff, ConsulError, HealthPolicy, Rng,
+    percent_encode, Backoff, ConsulError, HealthPolicy, Rng, TenantName,
 };
 use meshguard_filter_common::CasStore;
 
 use crate::config::Config;
 use crate::registry::{
-    dc_list_key, dc_status_key, list_key, merge_lists, publish_list, publish_tenants, status_key,
-    Lease, LeaseOutcome, ServiceList, SyncStatus,
+    agreed, dc_list_key, dc_status_key, lease_key, list_key, merge_lists, publish_list,
+    publish_tenants, status_key, sync_scope, Lease, LeaseOutcome, ServiceList, SyncStatus,
 };
 
 /// One service's watch (in one datacenter) in the polling VM.
@@ -31,6 +34,12 @@ struct Watch {
     /// The per-datacenter list keys of the service, in preference order, when it is watched
     /// in several datacenters (the service's list is then their merge); empty otherwise.
     merge_from: Vec<String>,
+    /// The service's own list key (the merge's target).
+    service_list_key: String,
+    /// The service's configured `tenant` (then its owner, whatever the instances say).
+    tenant: Option<String>,
+    /// The last answer's instances disagreed on their tenant (reported once per streak).
+    conflicted: bool,
     /// Query string without `index`/`wait` (starts with `?` or is empty).
     query: String,
     index: u64,
@@ -75,6 +84,11 @@ pub struct Handled {
     pub service: usize,
     /// What happened.
     pub answer: Answer,
+    /// The instances started to disagree on their tenant (or name an invalid one): the
+    /// service is left out of the tenant map. Reported once per streak.
+    pub tenant_conflict: Option<String>,
+    /// Instances left out of the published list because a string did not fit the record.
+    pub left_out: usize,
 }
 
 /// What Consul answered to one query.
@@ -106,6 +120,9 @@ pub struct Query {
 pub struct Syncer {
     me: u64,
     holding: bool,
+    /// The configuration's sync scope (see `registry`) and its lease key.
+    scope: String,
+    lease_key: String,
     watches: Vec<Watch>,
     wait_ns: u64,
     min_interval_ns: u64,
@@ -128,12 +145,13 @@ impl Syncer {
         } else {
             c.datacenters.iter().map(|d| Some(d.as_str())).collect()
         };
+        let scope = sync_scope(config);
         let mut watches = Vec::with_capacity(config.services.len() * dcs.len());
         for (service, s) in config.services.iter().enumerate() {
             let merge_from: Vec<String> = c
                 .datacenters
                 .iter()
-                .map(|dc| dc_list_key(&s.name, dc))
+                .map(|dc| dc_list_key(&scope, &s.name, dc))
                 .collect();
             for dc in &dcs {
                 let mut params = Vec::new();
@@ -147,7 +165,8 @@ impl Syncer {
                     params.push(format!("tag={}", percent_encode(tag)));
                 }
                 if let Some(tenant) = &s.tenant {
-                    // Validated: letters, digits, `-`, `_`, `.` only, so no quoting issue.
+                    // Validated as a tenant name: lowercase letters, digits, `-`, `_` only, so
+                    // no quoting issue.
                     let filter = format!("Service.Meta.tenant == \"{tenant}\"");
                     params.push(format!("filter={}", percent_encode(&filter)));
                 }
@@ -156,16 +175,22 @@ impl Syncer {
                 } else {
                     format!("?{}", params.join("&"))
                 };
-                let (list_key, status_key) = match dc {
-                    Some(dc) => (dc_list_key(&s.name, dc), dc_status_key(&s.name, dc)),
-                    None => (list_key(&s.name), status_key(&s.name)),
+                let (list_key_, status_key_) = match dc {
+                    Some(dc) => (
+                        dc_list_key(&scope, &s.name, dc),
+                        dc_status_key(&scope, &s.name, dc),
+                    ),
+                    None => (list_key(&scope, &s.name), status_key(&scope, &s.name)),
                 };
                 watches.push(Watch {
                     service,
                     name: s.name.clone(),
-                    list_key,
-                    status_key,
+                    list_key: list_key_,
+                    status_key: status_key_,
                     merge_from: merge_from.clone(),
+                    service_list_key: list_key(&scope, &s.name),
+                    tenant: s.tenant.clone(),
+                    conflicted: false,
                     query,
                     index: 0,
                     in_flight: None,
@@ -180,6 +205,8 @@ impl Syncer {
             service_names: config.services.iter().map(|s| s.name.clone()).collect(),
             me: me.max(1),
             holding: false,
+            lease_key: lease_key(&scope),
+            scope,
             watches,
             wait_ns: c.wait.as_nanos(),
             min_interval_ns: c.min_interval.as_nanos(),
@@ -197,6 +224,11 @@ impl Syncer {
         self.me
     }
 
+    /// The shared-data key of this configuration's sync lease.
+    pub fn lease_key(&self) -> &str {
+        &self.lease_key
+    }
+
     /// Whether this VM held the lease at the last tick.
     pub fn holding(&self) -> bool {
         self.holding
@@ -206,7 +238,7 @@ impl Syncer {
     /// indexes (so a takeover keeps blocking where the previous holder was); on losing it
     /// they stop (answers still in flight are ignored). Returns the lease outcome.
     pub fn tick(&mut self, store: &dyn CasStore, now: u64) -> LeaseOutcome {
-        let outcome = Lease::acquire(store, self.me, now, self.lease_ttl_ns);
+        let outcome = Lease::acquire(store, &self.lease_key, self.me, now, self.lease_ttl_ns);
         let holding = !matches!(outcome, LeaseOutcome::HeldBy(_));
         if !holding && self.holding {
             for w in &mut self.watches {
@@ -300,7 +332,8 @@ impl Syncer {
     }
 
     /// Handles the answer to `token`. Publishes a changed list (and the tenant map)
-    /// into `store`. `None` if the token is not ours (or no longer: the lease was lost).
+    /// into `store`. `None` if the token is not ours, or no longer: the lease was lost, seen
+    /// at a tick or now (then every watch stops until this VM holds the lease again).
     pub fn answer(
         &mut self,
         store: &dyn CasStore,
@@ -313,10 +346,20 @@ impl Syncer {
             .watches
             .iter()
             .position(|w| w.in_flight == Some(token))?;
+        if !Lease::held_by(store, &self.lease_key, self.me) {
+            self.holding = false;
+            for w in &mut self.watches {
+                w.in_flight = None;
+            }
+            return None;
+        }
         let backoff = self.backoff;
         let min_interval = self.min_interval_ns;
         let policy = self.policy;
         let names = &self.service_names;
+        let scope = self.scope.as_str();
+        let mut tenant_conflict = None;
+        let mut left_out = 0;
         let w = self.watches.get_mut(watch)?;
         let service = w.service;
         w.in_flight = None;
@@ -353,6 +396,8 @@ impl Syncer {
             Ok((_, Err(e @ ConsulError::Shape { .. }))) => failed(w, e.to_string(), &mut delay),
             Ok((returned, parsed)) => {
                 let previous = w.index;
+                // A fresh read (after a reset or at the start) may lower the stored index.
+                let may_lower = previous == 0;
                 let next = next_index(previous, returned);
                 w.failures = 0;
                 w.logged = false;
@@ -368,21 +413,37 @@ impl Syncer {
                     };
                     match parsed {
                         Ok(list) => {
-                            let tenant = list.instances.iter().find_map(|x| x.tenant.clone());
+                            let tenants: Vec<Option<String>> =
+                                list.instances.iter().map(|x| x.tenant.clone()).collect();
+                            let tenant = match owner(w.tenant.as_deref(), tenants) {
+                                Ok(t) => {
+                                    w.conflicted = false;
+                                    t
+                                }
+                                Err(why) => {
+                                    if !w.conflicted {
+                                        tenant_conflict = Some(why);
+                                    }
+                                    w.conflicted = true;
+                                    None
+                                }
+                            };
                             let instances: Vec<_> =
                                 list.instances.into_iter().map(|x| x.instance).collect();
-                            let count = instances.len();
-                            let mut changed = publish_list(
+                            let sent = instances.len();
+                            let (mut changed, cut) = publish_list(
                                 store,
                                 &w.list_key,
                                 &ServiceList { tenant, instances },
                             );
-                            synced.store(store, &w.status_key);
+                            left_out = cut;
+                            let count = sent - cut;
+                            synced.store(store, &w.status_key, may_lower);
                             if changed && !w.merge_from.is_empty() {
-                                changed = merge_lists(store, &w.name, &w.merge_from);
+                                changed = merge_lists(store, &w.service_list_key, &w.merge_from);
                             }
                             if changed {
-                                publish_tenants(store, names.iter().map(String::as_str));
+                                publish_tenants(store, scope, names.iter().map(String::as_str));
                                 Answer::Changed { instances: count }
                             } else {
                                 Answer::Unchanged
@@ -396,15 +457,65 @@ impl Syncer {
                                 index: next,
                                 synced_at: SyncStatus::load(store, &w.status_key).synced_at,
                             }
-                            .store(store, &w.status_key);
-                            Answer::Empty(e.to_string())
+                            .store(store, &w.status_key, may_lower);
+                            // Several datacenters and another one has instances: this one's
+                            // record goes empty so the service fails over to the next
+                            // datacenter (the service's own list is still never empty).
+                            let others =
+                                w.merge_from.iter().filter(|k| **k != w.list_key).any(|k| {
+                                    store
+                                        .get(k)
+                                        .and_then(|(v, _)| crate::registry::decode(&v))
+                                        .is_some_and(|l| !l.instances.is_empty())
+                                });
+                            let empty = ServiceList {
+                                tenant: None,
+                                instances: Vec::new(),
+                            };
+                            if others
+                                && publish_list(store, &w.list_key, &empty).0
+                                && merge_lists(store, &w.service_list_key, &w.merge_from)
+                            {
+                                publish_tenants(store, scope, names.iter().map(String::as_str));
+                                Answer::Changed { instances: 0 }
+                            } else {
+                                Answer::Empty(e.to_string())
+                            }
                         }
                     }
                 }
             }
         };
-        Some(Handled { service, answer })
+        Some(Handled {
+            service,
+            answer,
+            tenant_conflict,
+            left_out,
+        })
     }
+}
+
+/// A service's owner from its configured `tenant` or else its instances' tenants: the one
+/// they all name; `Err` (why) when they differ, some name none, or one is no tenant name.
+fn owner(configured: Option<&str>, tenants: Vec<Option<String>>) -> Result<Option<String>, String> {
+    if let Some(t) = configured {
+        return Ok(Some(t.to_string()));
+    }
+    if let Some(bad) = tenants
+        .iter()
+        .flatten()
+        .find(|t| TenantName::try_new(t).is_err())
+    {
+        return Err(format!("an instance's tenant `{bad}` is not a tenant name"));
+    }
+    let mut names: Vec<&str> = tenants
+        .iter()
+        .map(|t| t.as_deref().unwrap_or("(none)"))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let why = format!("its instances name different tenants: {}", names.join(", "));
+    agreed(tenants.iter().cloned()).map_err(|()| why)
 }
 
 #[cfg(test)]
@@ -413,7 +524,7 @@ mod tests {
     use meshguard_filter_common::{parse_config, MemoryStore};
 
     use super::*;
-    use crate::registry::{decode, list_key, LEASE_KEY, TENANTS_KEY};
+    use crate::registry::{decode, lease_key, list_key, TENANTS_KEY};
 
     const S: u64 = 1_000_000_000;
 
@@ -460,9 +571,15 @@ mod tests {
         format!("[{}]", entries.join(",")).into_bytes()
     }
 
+    fn scope() -> String {
+        sync_scope(&config())
+    }
+
     fn setup() -> (MemoryStore, Syncer, SplitMix64) {
         let store = MemoryStore::new();
-        store.set(LEASE_KEY, &Lease::initial(), 0).unwrap();
+        store
+            .set(&lease_key(&scope()), &Lease::initial(), 0)
+            .unwrap();
         (
             store,
             Syncer::new(&config(), 7).unwrap(),
@@ -472,7 +589,7 @@ mod tests {
 
     fn published(store: &MemoryStore) -> Vec<u16> {
         store
-            .get(&list_key("orders"))
+            .get(&list_key(&scope(), "orders"))
             .and_then(|(v, _)| decode(&v))
             .map(|l| l.instances.iter().map(|x| x.port().get()).collect())
             .unwrap_or_default()
@@ -582,7 +699,10 @@ mod tests {
             [1],
             "the cached list survives errors and empties"
         );
-        assert_eq!(SyncStatus::load(&store, &status_key("orders")).index, 12);
+        assert_eq!(
+            SyncStatus::load(&store, &status_key(&scope(), "orders")).index,
+            12
+        );
     }
 
     #[test]
@@ -625,8 +745,15 @@ mod tests {
         )
         .unwrap();
         let store = MemoryStore::new();
-        store.set(LEASE_KEY, &Lease::initial(), 0).unwrap();
         let mut s = Syncer::new(&config, 7).unwrap();
+        store.set(s.lease_key(), &Lease::initial(), 0).unwrap();
+        let published = |store: &MemoryStore| -> Vec<u16> {
+            store
+                .get(&list_key(&sync_scope(&config), "orders"))
+                .and_then(|(v, _)| decode(&v))
+                .map(|l| l.instances.iter().map(|x| x.port().get()).collect())
+                .unwrap_or_default()
+        };
         let mut rng = SplitMix64::new(1);
         s.tick(&store, 0);
         let q = s.due(0);
@@ -660,5 +787,135 @@ mod tests {
             Some(15),
             "the oldest confirmation counts"
         );
+    }
+
+    #[test]
+    fn a_vm_whose_lease_was_taken_over_publishes_nothing_it_was_still_waiting_for() {
+        let (store, mut a, mut rng) = setup();
+        let mut b = Syncer::new(&config(), 8).unwrap();
+        a.tick(&store, 0);
+        a.sent(0, 1, 0);
+        a.answer_parts(&store, 1, Some(200), Some("10"), &body(&[1]), 0, &mut rng);
+        // A blocks on index 10; its VM stalls past the lease (no tick), B takes over and
+        // publishes index 12.
+        a.sent(0, 2, S);
+        assert_eq!(b.tick(&store, 10 * S), LeaseOutcome::TookOver { from: 7 });
+        b.sent(0, 1, 10 * S);
+        let h = b.answer_parts(
+            &store,
+            1,
+            Some(200),
+            Some("12"),
+            &body(&[3]),
+            10 * S,
+            &mut rng,
+        );
+        assert_eq!(h.unwrap().answer, Answer::Changed { instances: 1 });
+        // A's query comes back before A's next tick: it must not overwrite B's newer list.
+        let late = a.answer_parts(
+            &store,
+            2,
+            Some(200),
+            Some("11"),
+            &body(&[2]),
+            11 * S,
+            &mut rng,
+        );
+        assert_eq!(late, None);
+        assert!(!a.holding() && a.due(11 * S).is_empty());
+        assert_eq!(published(&store), [3]);
+        let status = SyncStatus::load(&store, &status_key(&scope(), "orders"));
+        assert_eq!(status.index, 12);
+    }
+
+    /// A health body for `orders` whose instances carry `tenants` (`None`: no tenant meta).
+    fn body_with_tenants(tenants: &[Option<&str>]) -> Vec<u8> {
+        let entries: Vec<String> = tenants
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let meta = t.map_or(String::new(), |t| format!(r#""tenant":"{t}""#));
+                format!(
+                    r#"{{"Node":{{"Node":"n","Address":"127.0.0.1"}},
+                        "Service":{{"ID":"s{i}","Service":"orders","Port":{},"Meta":{{{meta}}}}},
+                        "Checks":[]}}"#,
+                    8000 + i
+                )
+            })
+            .collect();
+        format!("[{}]", entries.join(",")).into_bytes()
+    }
+
+    #[test]
+    fn an_instance_registered_under_another_tenant_leaves_the_service_out_of_the_tenant_map() {
+        let (store, mut s, mut rng) = setup();
+        s.tick(&store, 0);
+        let tenants =
+            |store: &MemoryStore| String::from_utf8(store.get(TENANTS_KEY).unwrap().0).unwrap();
+        let mut answer = |s: &mut Syncer, token, t: &[Option<&str>], at| {
+            s.sent(0, token, at);
+            s.answer_parts(
+                &store,
+                token,
+                Some(200),
+                Some(&(10 + u64::from(token)).to_string()),
+                &body_with_tenants(t),
+                at,
+                &mut rng,
+            )
+            .unwrap()
+        };
+        let h = answer(&mut s, 1, &[Some("acme"), Some("acme")], 0);
+        assert_eq!(h.tenant_conflict, None);
+        assert_eq!(tenants(&store), r#"{"orders":"acme"}"#);
+        // Globex registers an instance under `orders`: no owner rather than a flip.
+        let h = answer(&mut s, 2, &[Some("acme"), Some("globex")], S);
+        assert!(h.tenant_conflict.unwrap().contains("acme, globex"));
+        assert_eq!(tenants(&store), "{}");
+        // Reported once per streak, even when the list changes again.
+        let h = answer(
+            &mut s,
+            3,
+            &[Some("globex"), Some("acme"), Some("acme")],
+            2 * S,
+        );
+        assert_eq!(h.tenant_conflict, None);
+        // Even an instance without tenant meta makes the owner unknown.
+        let h = answer(&mut s, 4, &[Some("acme"), None], 3 * S);
+        assert_eq!(h.tenant_conflict, None, "still the same streak");
+        assert_eq!(tenants(&store), "{}");
+        let h = answer(&mut s, 5, &[Some("acme")], 4 * S);
+        assert_eq!(h.tenant_conflict, None);
+        assert_eq!(tenants(&store), r#"{"orders":"acme"}"#);
+        let h = answer(&mut s, 6, &[Some("Acme")], 5 * S);
+        assert!(h.tenant_conflict.unwrap().contains("not a tenant name"));
+        assert_eq!(tenants(&store), "{}");
+    }
+
+    #[test]
+    fn a_configured_tenant_owns_the_service_whatever_its_instances_say() {
+        let config: Config = parse_config(
+            br#"{"consul":{"cluster":"consul"},"services":[{"name":"orders","tenant":"acme"}]}"#,
+        )
+        .unwrap();
+        let store = MemoryStore::new();
+        let mut s = Syncer::new(&config, 7).unwrap();
+        store.set(s.lease_key(), &Lease::initial(), 0).unwrap();
+        let mut rng = SplitMix64::new(1);
+        s.tick(&store, 0);
+        s.sent(0, 1, 0);
+        let h = s
+            .answer_parts(
+                &store,
+                1,
+                Some(200),
+                Some("3"),
+                &body_with_tenants(&[None]),
+                0,
+                &mut rng,
+            )
+            .unwrap();
+        assert_eq!(h.tenant_conflict, None);
+        assert_eq!(store.get(TENANTS_KEY).unwrap().0, br#"{"orders":"acme"}"#);
     }
 }

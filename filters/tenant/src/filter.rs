@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use log::{debug, error, warn};
 use meshguard_core::{
-    classify_consul_request, filter_catalog_services, remove_query_param, resolve,
-    rewrite_registration, scope_registration_id, scoped_service_id, split_path_query, ConsulRoute,
-    DenyReason, RequestFacts, Resolution, SourceKind, TenantName, MAX_REGISTRATION_LEN,
+    classify_consul_request, filter_catalog_services_by, registration_service_name,
+    remove_query_param, resolve, rewrite_registration, scope_registration_id, scoped_service_id,
+    split_path_query, ConsulRoute, DenyReason, RequestFacts, Resolution, SourceKind, TenantName,
+    MAX_REGISTRATION_LEN,
 };
 use meshguard_filter_common::{
     init_logging, parse_config, send_local_reply, sync_log_level, Counter, HeaderMap,
@@ -25,7 +26,7 @@ use proxy_wasm::types::{Action, ContextType, MapType};
 
 use crate::config::{Config, ConsulPolicy, Destination, NoIdentityPolicy, Settings, REGISTRY_KEY};
 use crate::policy::{
-    authority_service, cross_tenant, header_safe, parse_registry, CrossTenantVerdict,
+    authority_service, cross_tenant, header_safe, other_owner, parse_registry, CrossTenantVerdict,
 };
 
 /// Prefix of every stat: Envoy shows `wasmcustom.meshguard_tenant.<counter>`.
@@ -162,13 +163,29 @@ impl State {
         self.registry().get(service).cloned()
     }
 
-    /// Every known owner (static entries win).
-    fn owners(&self) -> BTreeMap<String, String> {
-        let mut owners = (*self.registry()).clone();
-        for (service, t) in &self.settings.service_tenants {
-            owners.insert(service.clone(), t.as_str().to_owned());
+    /// Whether `tenant` owns `service` (static map first, then the registry's), looked up
+    /// in place: a catalog listing never copies the maps.
+    fn owns(&self, registry: &BTreeMap<String, String>, tenant: &str, service: &str) -> bool {
+        match self.settings.service_tenants.get(service) {
+            Some(t) => t.as_str() == tenant,
+            None => registry.get(service).is_some_and(|t| t == tenant),
         }
-        owners
+    }
+
+    /// Another tenant owning the service name `name` (ASCII-lowercased), compared without
+    /// case in both maps, as Consul's service index compares names.
+    fn other_owner_of_name(&self, name: &str, tenant: &TenantName) -> Option<String> {
+        let registry = self.registry();
+        let statics = self
+            .settings
+            .service_tenants
+            .iter()
+            .map(|(s, t)| (s.as_str(), t.as_str()));
+        let registered = registry
+            .iter()
+            .filter(|(s, _)| !self.settings.service_tenants.contains_key(*s))
+            .map(|(s, t)| (s.as_str(), t.as_str()));
+        other_owner(name, tenant, statics.chain(registered))
     }
 
     /// Counts an allowed request; [`State::flush`] hands the count to the host.
@@ -241,6 +258,7 @@ impl RootContext for Root {
             state: self.state.clone(),
             tenant: None,
             pending: Pending::None,
+            buffered: 0,
             cluster: None,
         }))
     }
@@ -283,6 +301,8 @@ struct Stream {
     state: Option<Rc<State>>,
     tenant: Option<TenantName>,
     pending: Pending,
+    /// Bytes of the registration body buffered so far.
+    buffered: usize,
     /// `xds.cluster_name`, once read (the Consul check and the cross-tenant check share it).
     cluster: Option<Option<String>>,
 }
@@ -589,6 +609,51 @@ impl Stream {
         }
         Ok(())
     }
+
+    /// Checks and rewrites the whole buffered registration body (`self.buffered` bytes) and
+    /// replaces it, or denies the request; an empty or unreadable body is refused.
+    fn finish_registration(&mut self, state: &State, tenant: &TenantName) -> Action {
+        self.pending = Pending::None;
+        let size = self.buffered;
+        let body = self.get_http_request_body(0, size).unwrap_or_default();
+        let scope_ids = state
+            .settings
+            .consul
+            .as_ref()
+            .is_some_and(|c| c.scope_service_ids);
+        let rewritten = rewrite_registration(&body, tenant).and_then(|b| {
+            if scope_ids {
+                scope_registration_id(&b, tenant)
+            } else {
+                Ok(b)
+            }
+        });
+        let checked = rewritten.map_err(|r| r.to_string()).and_then(|new| {
+            let name = registration_service_name(&new).map_err(|r| r.to_string())?;
+            match state.other_owner_of_name(&name, tenant) {
+                Some(owner) => {
+                    debug!("tenant: {tenant} tried to register {name} of tenant {owner}");
+                    Err(format!("service {name} belongs to another tenant"))
+                }
+                None => Ok(new),
+            }
+        });
+        match checked {
+            Ok(new) => {
+                self.set_http_request_body(0, size, &new);
+                bump(state.stats.consul_registration_rewritten);
+                debug!(
+                    "tenant decision=register tenant={tenant} bytes={}",
+                    new.len()
+                );
+                Action::Continue
+            }
+            Err(reason) => {
+                let deny = Deny::new(403, reason, state.stats.consul_denied);
+                self.deny(state, &deny)
+            }
+        }
+    }
 }
 
 impl Context for Stream {}
@@ -610,6 +675,7 @@ impl HttpContext for Stream {
         else {
             return Action::Continue;
         };
+        self.buffered = body_size;
         if body_size > MAX_REGISTRATION_LEN {
             self.pending = Pending::None;
             let deny = Deny::new(
@@ -622,35 +688,20 @@ impl HttpContext for Stream {
         if !end_of_stream {
             return Action::Pause;
         }
-        self.pending = Pending::None;
-        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        let scope_ids = state
-            .settings
-            .consul
-            .as_ref()
-            .is_some_and(|c| c.scope_service_ids);
-        let rewritten = rewrite_registration(&body, &tenant).and_then(|b| {
-            if scope_ids {
-                scope_registration_id(&b, &tenant)
-            } else {
-                Ok(b)
-            }
-        });
-        match rewritten {
-            Ok(new) => {
-                self.set_http_request_body(0, body_size, &new);
-                bump(state.stats.consul_registration_rewritten);
-                debug!(
-                    "tenant decision=register tenant={tenant} bytes={}",
-                    new.len()
-                );
-                Action::Continue
-            }
-            Err(reason) => {
-                let deny = Deny::new(403, reason.to_string(), state.stats.consul_denied);
-                self.deny(&state, &deny)
-            }
-        }
+        self.finish_registration(&state, &tenant)
+    }
+
+    /// Request trailers end the stream without a body callback at end of stream (HTTP/2
+    /// DATA then trailers): the buffered registration is still readable here, so it is
+    /// checked and rewritten here, or the request is refused. Without this the SDK's
+    /// default would continue and the original body would reach Consul.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let (Some(state), Some(tenant), Pending::Registration) =
+            (self.state.clone(), self.tenant.clone(), self.pending)
+        else {
+            return Action::Continue;
+        };
+        self.finish_registration(&state, &tenant)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -679,7 +730,9 @@ impl HttpContext for Stream {
         let body = self
             .get_http_response_body(0, body_size)
             .unwrap_or_default();
-        let filtered = match filter_catalog_services(&body, &tenant, &state.owners()) {
+        let registry = state.registry();
+        let owned = |service: &str| state.owns(&registry, tenant.as_str(), service);
+        let filtered = match filter_catalog_services_by(&body, owned) {
             Ok(filtered) => filtered,
             Err(e) => {
                 // Fail closed: a listing the filter cannot read is shown as empty.

@@ -14,15 +14,16 @@ pub(crate) const MAX_REGISTRY_LEN: usize = 4 << 20;
 /// Longest deny reason sent in a header, in bytes.
 const MAX_REASON_LEN: usize = 200;
 
-/// The host of an `:authority` value without its port, lowercased, minus the first suffix
-/// of `strip_suffixes` it ends with (a host that IS the suffix keeps it).
+/// The host of an `:authority` value without its port, lowercased, without one trailing
+/// dot (`billing.` is the fully-qualified `billing`), minus the first suffix of
+/// `strip_suffixes` it ends with (a host that IS the suffix keeps it).
 pub(crate) fn authority_service(authority: &str, strip_suffixes: &[String]) -> Option<String> {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         rest.split_once(']').map(|(h, _)| h)?
     } else {
         authority.split_once(':').map_or(authority, |(h, _)| h)
     };
-    let host = host.to_ascii_lowercase();
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
     for suffix in strip_suffixes {
         let suffix = suffix.to_ascii_lowercase();
         if let Some(service) = host.strip_suffix(&suffix).filter(|s| !s.is_empty()) {
@@ -73,6 +74,20 @@ pub(crate) fn cross_tenant(
     }
 }
 
+/// The tenant other than `tenant` that owns the service name `name` (ASCII-lowercased) in
+/// `owners` (service → tenant pairs), compared without ASCII case: Consul's service index
+/// is case-insensitive, so registering `PAYMENTS` joins the instances of `payments`.
+pub(crate) fn other_owner<'a>(
+    name: &str,
+    tenant: &TenantName,
+    owners: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Option<String> {
+    owners
+        .into_iter()
+        .find(|(service, owner)| service.eq_ignore_ascii_case(name) && *owner != tenant.as_str())
+        .map(|(_, owner)| owner.to_owned())
+}
+
 /// Parses the registry's service → tenant map (`{"<service>": "<tenant>"}`); entries whose
 /// tenant is not a valid name are dropped (they could never equal a verified tenant).
 pub(crate) fn parse_registry(bytes: &[u8]) -> Result<BTreeMap<String, String>, String> {
@@ -120,6 +135,10 @@ mod tests {
             ("Orders:8080", Some("orders")),
             ("orders.service.consul:8500", Some("orders")),
             ("orders.svc", Some("orders")),
+            ("billing.", Some("billing")),
+            ("Billing.:8080", Some("billing")),
+            ("orders.service.consul.", Some("orders")),
+            (".", None),
             (".svc", Some(".svc")),
             ("[::1]:80", Some("::1")),
             ("", None),
@@ -174,6 +193,22 @@ mod tests {
             CrossTenantVerdict::Unknown { service: None }
         );
         assert_eq!(verdict(None, Unknown::Allow), CrossTenantVerdict::Allow);
+    }
+
+    #[test]
+    fn a_service_name_owned_by_another_tenant_is_found_without_case() {
+        let owners = [("Payments", "globex"), ("web", "acme")];
+        let acme = t("acme");
+        assert_eq!(
+            other_owner("payments", &acme, owners),
+            Some("globex".into())
+        );
+        assert_eq!(other_owner("web", &acme, owners), None);
+        assert_eq!(other_owner("new", &acme, owners), None);
+        assert_eq!(
+            other_owner("web", &t("globex"), owners),
+            Some("acme".into())
+        );
     }
 
     #[test]

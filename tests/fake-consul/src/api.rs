@@ -58,6 +58,9 @@ pub(crate) fn route(
         }
     }
     match path {
+        "/v1/catalog/datacenters" => {
+            only(method, &["GET"]).or_else(|| Some(Response::json(&json!(sh.datacenters()))))
+        }
         "/v1/catalog/services" => only(method, &["GET"]).or_else(|| ctx.catalog_services()),
         "/v1/agent/service/register" => only(method, &["PUT"]).or_else(|| Some(ctx.register())),
         "/v1/status/leader" => {
@@ -112,13 +115,13 @@ struct Ctx<'a> {
 type Rendered = Result<Response, Response>;
 
 impl Ctx<'_> {
-    /// `?dc=` naming another datacenter: Consul's 500.
-    fn check_dc(&self) -> Result<(), Response> {
+    /// The datacenter `?dc=` selects (the agent's own without it); one the fake does not
+    /// serve is Consul's 500.
+    fn dc(&self) -> Result<&str, Response> {
         match self.req.query_param("dc") {
-            Some(dc) if !dc.is_empty() && dc != self.sh.opts.datacenter => {
-                Err(Response::text(500, "No path to datacenter"))
-            }
-            _ => Ok(()),
+            None | Some("") => Ok(&self.sh.opts.datacenter),
+            Some(dc) if self.sh.serves(dc) => Ok(dc),
+            Some(_) => Err(Response::text(500, "No path to datacenter")),
         }
     }
 
@@ -135,7 +138,7 @@ impl Ctx<'_> {
         }
     }
 
-    /// A read of what `index_of` measures (woken by writes touching `key`): validates `dc`,
+    /// A read of what `index_of` measures (woken by writes touching `key`): validates
     /// `index` and `wait`, blocks while that index is not past the request's `index`,
     /// renders, and adds Consul's index and leader headers.
     fn read(
@@ -144,9 +147,6 @@ impl Ctx<'_> {
         index_of: impl Fn(&State) -> u64,
         render: impl FnOnce(&State) -> Rendered,
     ) -> Option<Response> {
-        if let Err(e) = self.check_dc() {
-            return Some(e);
-        }
         let min_index = match self.req.query_param("index") {
             None | Some("") => 0,
             Some(i) => match i.parse::<u64>() {
@@ -189,6 +189,10 @@ impl Ctx<'_> {
         if name.is_empty() {
             return Some(Response::text(400, "Missing service name"));
         }
+        let dc = match self.dc() {
+            Ok(dc) => dc,
+            Err(e) => return Some(e),
+        };
         let passing = match flag(self.req, "passing") {
             Ok(p) => p,
             Err(e) => return Some(e),
@@ -199,11 +203,11 @@ impl Ctx<'_> {
         };
         let tags = self.tags();
         self.read(
-            &service_key(name),
-            |st| st.index_of_service(name),
+            &service_key(dc, name),
+            |st| st.index_of_service(dc, name),
             |st| {
                 let mut out = Vec::new();
-                for s in st.instances_of(name) {
+                for s in st.instances_of(dc, name) {
                     if (passing && !state::all_passing(s)) || !has_tags(&s.instance, &tags) {
                         continue;
                     }
@@ -221,16 +225,20 @@ impl Ctx<'_> {
         if name.is_empty() {
             return Some(Response::text(400, "Missing service name"));
         }
+        let dc = match self.dc() {
+            Ok(dc) => dc,
+            Err(e) => return Some(e),
+        };
         let filter = match self.filter(Schema::Check) {
             Ok(f) => f,
             Err(e) => return Some(e),
         };
         self.read(
-            &service_key(name),
-            |st| st.index_of_service(name),
+            &service_key(dc, name),
+            |st| st.index_of_service(dc, name),
             |st| {
                 let mut out = Vec::new();
-                for s in st.instances_of(name) {
+                for s in st.instances_of(dc, name) {
                     for check in state::service_checks_json(s) {
                         if keep(filter.as_ref(), &check)? {
                             out.push(check);
@@ -246,17 +254,21 @@ impl Ctx<'_> {
         if name.is_empty() {
             return Some(Response::text(400, "Missing service name"));
         }
+        let dc = match self.dc() {
+            Ok(dc) => dc,
+            Err(e) => return Some(e),
+        };
         let filter = match self.filter(Schema::CatalogEntry) {
             Ok(f) => f,
             Err(e) => return Some(e),
         };
         let tags = self.tags();
         self.read(
-            &service_key(name),
-            |st| st.index_of_service(name),
+            &service_key(dc, name),
+            |st| st.index_of_service(dc, name),
             |st| {
                 let mut out = Vec::new();
-                for s in st.instances_of(name) {
+                for s in st.instances_of(dc, name) {
                     if !has_tags(&s.instance, &tags) {
                         continue;
                     }
@@ -271,18 +283,22 @@ impl Ctx<'_> {
     }
 
     fn catalog_services(&self) -> Option<Response> {
+        let dc = match self.dc() {
+            Ok(dc) => dc,
+            Err(e) => return Some(e),
+        };
         let filter = match self.filter(Schema::CatalogEntry) {
             Ok(f) => f,
             Err(e) => return Some(e),
         };
         self.read(
-            &WaitKey::Catalog,
-            |st| st.services_index,
+            &WaitKey::Catalog(dc.to_owned()),
+            |st| st.dc(dc).services_index,
             |st| {
                 let mut error = None;
                 // The entry is rendered only to evaluate a filter: without one, listing 50,000
                 // instances stays cheap (it runs under the state lock).
-                let body = st.catalog_services(|s| match filter.as_ref() {
+                let body = st.catalog_services(dc, |s| match filter.as_ref() {
                     None => true,
                     Some(f) => match keep(Some(f), &state::catalog_entry(s)) {
                         Ok(k) => k,
@@ -311,6 +327,10 @@ impl Ctx<'_> {
     }
 
     fn kv_get(&self, key: &str) -> Option<Response> {
+        let dc = match self.dc() {
+            Ok(dc) => dc,
+            Err(e) => return Some(e),
+        };
         let recurse = flag(self.req, "recurse");
         let raw = flag(self.req, "raw");
         let keys = flag(self.req, "keys");
@@ -319,12 +339,12 @@ impl Ctx<'_> {
         };
         let separator = self.req.query_param("separator").unwrap_or_default();
         self.read(
-            &WaitKey::Kv,
-            |st| st.kv_index,
+            &WaitKey::Kv(dc.to_owned()),
+            |st| st.dc(dc).kv_index,
             |st| {
                 if keys {
                     let mut listed: Vec<String> = Vec::new();
-                    for k in st.kv.keys().filter(|k| k.starts_with(key)) {
+                    for k in st.dc(dc).kv.keys().filter(|k| k.starts_with(key)) {
                         let rest = k.get(key.len()..).unwrap_or_default();
                         let shown = match (!separator.is_empty())
                             .then(|| rest.find(separator))
@@ -343,6 +363,7 @@ impl Ctx<'_> {
                 }
                 if recurse {
                     let entries: Vec<Value> = st
+                        .dc(dc)
                         .kv
                         .iter()
                         .filter(|(k, _)| k.starts_with(key))
@@ -352,7 +373,7 @@ impl Ctx<'_> {
                         Response::json(&Value::Array(entries.clone()))
                     });
                 }
-                let Some(entry) = st.kv.get(key) else {
+                let Some(entry) = st.dc(dc).kv.get(key) else {
                     return found(false, || Response::text(404, ""));
                 };
                 if raw {
@@ -369,9 +390,10 @@ impl Ctx<'_> {
     }
 
     fn kv_put(&self, key: &str) -> Response {
-        if let Err(e) = self.check_dc() {
-            return e;
-        }
+        let dc = match self.dc() {
+            Ok(dc) => dc,
+            Err(e) => return e,
+        };
         if key.is_empty() {
             return Response::text(400, "Missing key name");
         }
@@ -388,20 +410,21 @@ impl Ctx<'_> {
         };
         let body = &self.req.body;
         let ok = self.sh.write(|st| {
-            let current = st.kv.get(key).map_or(0, |e| e.modify_index);
+            let current = st.dc(dc).kv.get(key).map_or(0, |e| e.modify_index);
             if cas.is_some_and(|c| c != current) {
                 return false;
             }
-            st.kv_put(key, body, flags);
+            st.kv_put(dc, key, body, flags);
             true
         });
         Response::json(&json!(ok))
     }
 
     fn kv_delete(&self, key: &str) -> Response {
-        if let Err(e) = self.check_dc() {
-            return e;
-        }
+        let dc = match self.dc() {
+            Ok(dc) => dc,
+            Err(e) => return e,
+        };
         let recurse = match flag(self.req, "recurse") {
             Ok(r) => r,
             Err(e) => return e,
@@ -409,7 +432,7 @@ impl Ctx<'_> {
         if key.is_empty() && !recurse {
             return Response::text(400, "Missing key name");
         }
-        self.sh.write(|st| st.kv_delete(key, recurse));
+        self.sh.write(|st| st.kv_delete(dc, key, recurse));
         Response::json(&json!(true))
     }
 
@@ -450,8 +473,8 @@ impl Ctx<'_> {
     }
 }
 
-fn service_key(name: &str) -> WaitKey {
-    WaitKey::Service(name.to_owned())
+fn service_key(dc: &str, name: &str) -> WaitKey {
+    WaitKey::Service(dc.to_owned(), name.to_owned())
 }
 
 /// A 404 (with the index headers, as Consul sends) when nothing was found.

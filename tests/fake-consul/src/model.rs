@@ -77,7 +77,8 @@ pub struct Instance {
     /// `Node.Address`; default `127.0.0.1`.
     pub node_address: String,
     /// `Node.Datacenter`; empty means the fake's datacenter (filled in on registration).
-    /// Instances of another datacenter are kept but not served over HTTP.
+    /// Instances of a datacenter the fake does not serve ([`Options::datacenters`]) are kept
+    /// but not served over HTTP.
     pub datacenter: String,
     /// The status of the instance's service check (`service:<id>`); when read back from
     /// [`crate::FakeConsul::instances`], the worst status of all its service checks.
@@ -162,8 +163,14 @@ pub enum Fault {
 /// How a [`crate::FakeConsul`] behaves; every field has a default.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The datacenter this agent is in; `?dc=` naming another answers 500. Default `dc1`.
+    /// The datacenter this agent is in: reads without `?dc=` and HTTP registrations go
+    /// there. Default `dc1`.
     pub datacenter: String,
+    /// Further datacenters the fake serves, each a separate cluster (its own raft index,
+    /// per-service indexes and KV), selected with `?dc=`; `?dc=` naming one neither here nor
+    /// `datacenter` answers Consul's 500 `No path to datacenter`. `/v1/catalog/datacenters`
+    /// lists `datacenter` first, then these in order. Default empty: just the local one.
+    pub datacenters: Vec<String>,
     /// Longest a blocking query waits, whatever its `wait` asks; also the wait when a
     /// query has `index` but no `wait`. Default 10 s.
     pub max_wait: Duration,
@@ -190,6 +197,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             datacenter: "dc1".to_owned(),
+            datacenters: Vec::new(),
             max_wait: Duration::from_secs(10),
             node: "node-1".to_owned(),
             node_address: "127.0.0.1".to_owned(),

@@ -43,6 +43,23 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Whether `dc` is one of the datacenters the fake serves.
+    pub(crate) fn serves(&self, dc: &str) -> bool {
+        dc == self.opts.datacenter || self.opts.datacenters.iter().any(|d| d == dc)
+    }
+
+    /// The served datacenters: the local one first, then [`Options::datacenters`] in order
+    /// (Consul orders them by round-trip time from the agent, so its own comes first).
+    pub(crate) fn datacenters(&self) -> Vec<String> {
+        let mut out = vec![self.opts.datacenter.clone()];
+        for dc in &self.opts.datacenters {
+            if !out.contains(dc) {
+                out.push(dc.clone());
+            }
+        }
+        out
+    }
+
     /// The state, even if a thread panicked while holding it (the state stays consistent:
     /// every write is a single assignment under the lock).
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -113,13 +130,14 @@ impl Shared {
 
 /// The condvar shard of a wait key (FNV-1a over the key).
 fn shard_of(key: &WaitKey) -> usize {
-    let (tag, text) = match key {
-        WaitKey::Service(name) => (0u8, name.as_str()),
-        WaitKey::Catalog => (1, ""),
-        WaitKey::Kv => (2, ""),
+    let (tag, dc, text) = match key {
+        WaitKey::Service(dc, name) => (0u8, dc.as_str(), name.as_str()),
+        WaitKey::Catalog(dc) => (1, dc.as_str(), ""),
+        WaitKey::Kv(dc) => (2, dc.as_str(), ""),
     };
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in std::iter::once(tag).chain(text.bytes()) {
+    let bytes = dc.bytes().chain(std::iter::once(0)).chain(text.bytes());
+    for b in std::iter::once(tag).chain(bytes) {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     usize::try_from(h % SHARDS as u64).unwrap_or(0)
@@ -212,31 +230,51 @@ impl FakeConsul {
 
     /// Stores `value` at `key` (as `PUT /v1/kv/<key>` does); returns the new raft index.
     pub fn kv_put(&self, key: &str, value: &[u8]) -> u64 {
-        self.shared.write(|s| s.kv_put(key, value, 0))
+        self.shared.write(|s| {
+            let dc = s.datacenter.clone();
+            s.kv_put(&dc, key, value, 0)
+        })
     }
 
     /// The value at `key`.
     pub fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
-        self.shared.lock().kv.get(key).map(|e| e.value.clone())
+        self.shared
+            .lock()
+            .local()
+            .kv
+            .get(key)
+            .map(|e| e.value.clone())
     }
 
-    /// The current raft index; starts at 1, never 0. Reads answer the index of what they
-    /// read, at most this: see [`FakeConsul::service_index`].
+    /// The local datacenter's current raft index; starts at 1, never 0. Reads answer the
+    /// index of what they read, at most this: see [`FakeConsul::service_index`].
     pub fn index(&self) -> u64 {
-        self.shared.lock().index
+        self.shared.lock().local().index
     }
 
-    /// The `X-Consul-Index` a read of `service`'s instances or checks answers: the last change
-    /// to one of its instances (registration, deregistration, check), as Consul's
-    /// per-service index.
+    /// The raft index of datacenter `dc` (each datacenter is its own cluster; 1 before its
+    /// first write).
+    pub fn dc_index(&self, dc: &str) -> u64 {
+        self.shared.lock().dc(dc).index
+    }
+
+    /// The `X-Consul-Index` a read of `service`'s instances or checks answers in the local
+    /// datacenter: the last change to one of its instances (registration, deregistration,
+    /// check), as Consul's per-service index.
     pub fn service_index(&self, service: &str) -> u64 {
-        self.shared.lock().index_of_service(service)
+        let state = self.shared.lock();
+        state.index_of_service(&state.datacenter, service)
     }
 
-    /// The `X-Consul-Index` of `/v1/catalog/services`: the last registration or
+    /// [`FakeConsul::service_index`] in datacenter `dc`.
+    pub fn dc_service_index(&self, dc: &str, service: &str) -> u64 {
+        self.shared.lock().index_of_service(dc, service)
+    }
+
+    /// The `X-Consul-Index` of the local `/v1/catalog/services`: the last registration or
     /// deregistration (health changes do not move it).
     pub fn catalog_index(&self) -> u64 {
-        self.shared.lock().services_index
+        self.shared.lock().local().services_index
     }
 
     /// Injects `fault` into every following request until [`FakeConsul::clear_fault`].

@@ -68,24 +68,24 @@ pub(crate) struct KvEntry {
 }
 
 /// What a blocking query waits on; writes report the keys they touched so only the queries
-/// whose answer may have changed are woken.
+/// whose answer may have changed are woken. Every key names its datacenter: datacenters are
+/// separate clusters, so a write in one never wakes a query of another.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum WaitKey {
-    /// One service name's instances or checks.
-    Service(String),
-    /// The list of services.
-    Catalog,
-    /// The KV store.
-    Kv,
+    /// One service name's instances or checks in a datacenter.
+    Service(String, String),
+    /// The list of services of a datacenter.
+    Catalog(String),
+    /// The KV store of a datacenter.
+    Kv(String),
 }
 
-/// Everything behind the fake's one mutex.
+/// One datacenter's tables and indexes: as in Consul, each datacenter is its own cluster with
+/// its own raft index and KV store.
 #[derive(Debug)]
-pub(crate) struct State {
-    /// The raft index; starts at 1 and grows on every write.
+pub(crate) struct Dc {
+    /// The datacenter's raft index; starts at 1 and grows on every write in it.
     pub(crate) index: u64,
-    /// Services by service id.
-    pub(crate) services: BTreeMap<String, Service>,
     /// Service ids by service name (so a per-service read does not scan every instance).
     by_name: HashMap<String, BTreeSet<String>>,
     /// Per service name: the highest index of a change to its instances or their checks.
@@ -96,9 +96,51 @@ pub(crate) struct State {
     pub(crate) services_index: u64,
     /// The KV table index: the last KV write.
     pub(crate) kv_index: u64,
+    pub(crate) kv: BTreeMap<String, KvEntry>,
+}
+
+impl Dc {
+    fn new() -> Dc {
+        Dc {
+            index: 1,
+            by_name: HashMap::new(),
+            service_index: HashMap::new(),
+            extinction_index: 0,
+            services_index: 1,
+            kv_index: 1,
+            kv: BTreeMap::new(),
+        }
+    }
+
+    /// Increases the raft index and returns it.
+    fn bump(&mut self) -> u64 {
+        self.index += 1;
+        self.index
+    }
+
+    /// The `X-Consul-Index` of a read about service `name` (never 0).
+    fn index_of_service(&self, name: &str) -> u64 {
+        match self.service_index.get(name) {
+            Some(&index) => index,
+            None if self.extinction_index > 0 => self.extinction_index,
+            None => self.services_index,
+        }
+        .max(1)
+    }
+}
+
+/// A datacenter nothing was ever written to (reads of a served but empty datacenter).
+static EMPTY_DC: std::sync::LazyLock<Dc> = std::sync::LazyLock::new(Dc::new);
+
+/// Everything behind the fake's one mutex.
+#[derive(Debug)]
+pub(crate) struct State {
+    /// Services of every datacenter by service id (ids are unique across the fake).
+    pub(crate) services: BTreeMap<String, Service>,
+    /// Tables and indexes per datacenter, created on the first write.
+    dcs: HashMap<String, Dc>,
     /// Keys touched by writes not yet announced to blocked queries.
     pub(crate) touched: Vec<WaitKey>,
-    pub(crate) kv: BTreeMap<String, KvEntry>,
     pub(crate) fault: Option<Fault>,
     pub(crate) requests: VecDeque<RecordedRequest>,
     /// Requests received since start (not bounded by `max_recorded_requests`).
@@ -106,22 +148,16 @@ pub(crate) struct State {
     /// Bumped by `stop_listening` and on drop: requests of an older epoch are abandoned.
     pub(crate) epoch: u64,
     pub(crate) shutdown: bool,
-    /// The datacenter this fake serves.
+    /// The agent's own datacenter (instances registered without one go there).
     pub(crate) datacenter: String,
 }
 
 impl State {
     pub(crate) fn new(datacenter: &str) -> State {
         State {
-            index: 1,
             services: BTreeMap::new(),
-            by_name: HashMap::new(),
-            service_index: HashMap::new(),
-            extinction_index: 0,
-            services_index: 1,
-            kv_index: 1,
+            dcs: HashMap::new(),
             touched: Vec::new(),
-            kv: BTreeMap::new(),
             fault: None,
             requests: VecDeque::new(),
             recorded_total: 0,
@@ -131,24 +167,35 @@ impl State {
         }
     }
 
-    /// Increases the raft index and returns it.
-    pub(crate) fn bump(&mut self) -> u64 {
-        self.index += 1;
-        self.index
+    /// Datacenter `dc`'s tables (empty ones when nothing was written there yet).
+    pub(crate) fn dc(&self, dc: &str) -> &Dc {
+        self.dcs.get(dc).unwrap_or(&EMPTY_DC)
     }
 
-    /// Registers (or replaces) a service with the given checks; returns the new index.
+    /// The agent's own datacenter's tables.
+    pub(crate) fn local(&self) -> &Dc {
+        self.dc(&self.datacenter)
+    }
+
+    fn dc_mut(&mut self, dc: &str) -> &mut Dc {
+        self.dcs.entry(dc.to_owned()).or_insert_with(Dc::new)
+    }
+
+    /// Registers (or replaces) a service with the given checks; returns the new index of its
+    /// datacenter.
     pub(crate) fn upsert(&mut self, mut instance: Instance, checks: Vec<Check>) -> u64 {
         if instance.datacenter.is_empty() {
             instance.datacenter = self.datacenter.clone();
         }
-        let index = self.bump();
-        let create_index = self
-            .services
-            .get(&instance.id)
-            .map_or(index, |s| s.create_index);
+        let dc = instance.datacenter.clone();
+        let index = self.dc_mut(&dc).bump();
         let id = instance.id.clone();
         let name = instance.service.clone();
+        let create_index = self
+            .services
+            .get(&id)
+            .filter(|s| s.instance.datacenter == dc)
+            .map_or(index, |s| s.create_index);
         let previous = self.services.insert(
             id.clone(),
             Service {
@@ -158,26 +205,41 @@ impl State {
                 modify_index: index,
             },
         );
-        if let Some(old) = previous.filter(|old| old.instance.service != name) {
-            self.forget_instance(&old.instance.service, &id, index);
+        if let Some(old) = previous {
+            let (old_dc, old_name) = (old.instance.datacenter, old.instance.service);
+            if old_dc != dc {
+                // Moved to another datacenter: a deregistration in the old one.
+                let old_index = self.dc_mut(&old_dc).bump();
+                self.forget_instance(&old_dc, &old_name, &id, old_index);
+                self.dc_mut(&old_dc).services_index = old_index;
+                self.touched.push(WaitKey::Catalog(old_dc));
+            } else if old_name != name {
+                self.forget_instance(&dc, &old_name, &id, index);
+            }
         }
-        self.by_name.entry(name.clone()).or_default().insert(id);
-        self.touch_service(&name, index);
-        self.services_index = index;
-        self.touched.push(WaitKey::Catalog);
+        self.dc_mut(&dc)
+            .by_name
+            .entry(name.clone())
+            .or_default()
+            .insert(id);
+        self.touch_service(&dc, &name, index);
+        self.dc_mut(&dc).services_index = index;
+        self.touched.push(WaitKey::Catalog(dc));
         index
     }
 
-    /// Records a change of service `name` at `index`.
-    fn touch_service(&mut self, name: &str, index: u64) {
-        self.service_index.insert(name.to_owned(), index);
-        self.touched.push(WaitKey::Service(name.to_owned()));
+    /// Records a change of service `name` of datacenter `dc` at `index`.
+    fn touch_service(&mut self, dc: &str, name: &str, index: u64) {
+        self.dc_mut(dc).service_index.insert(name.to_owned(), index);
+        self.touched
+            .push(WaitKey::Service(dc.to_owned(), name.to_owned()));
     }
 
-    /// Removes instance `id` from service `name`'s ids; the service goes extinct with its
-    /// last instance.
-    fn forget_instance(&mut self, name: &str, id: &str, index: u64) {
-        let extinct = match self.by_name.get_mut(name) {
+    /// Removes instance `id` from service `name`'s ids in `dc`; the service goes extinct
+    /// there with its last instance.
+    fn forget_instance(&mut self, dc: &str, name: &str, id: &str, index: u64) {
+        let tables = self.dc_mut(dc);
+        let extinct = match tables.by_name.get_mut(name) {
             Some(ids) => {
                 ids.remove(id);
                 ids.is_empty()
@@ -185,23 +247,19 @@ impl State {
             None => false,
         };
         if extinct {
-            self.by_name.remove(name);
-            self.service_index.remove(name);
-            self.extinction_index = index;
-            self.touched.push(WaitKey::Service(name.to_owned()));
+            tables.by_name.remove(name);
+            tables.service_index.remove(name);
+            tables.extinction_index = index;
+            self.touched
+                .push(WaitKey::Service(dc.to_owned(), name.to_owned()));
         } else {
-            self.touch_service(name, index);
+            self.touch_service(dc, name, index);
         }
     }
 
-    /// The `X-Consul-Index` of a read about service `name` (never 0).
-    pub(crate) fn index_of_service(&self, name: &str) -> u64 {
-        match self.service_index.get(name) {
-            Some(&index) => index,
-            None if self.extinction_index > 0 => self.extinction_index,
-            None => self.services_index,
-        }
-        .max(1)
+    /// The `X-Consul-Index` of a read about service `name` in `dc` (never 0).
+    pub(crate) fn index_of_service(&self, dc: &str, name: &str) -> u64 {
+        self.dc(dc).index_of_service(name)
     }
 
     /// Registers `instance` with one service check `service:<id>` in its health.
@@ -221,10 +279,11 @@ impl State {
         let Some(old) = self.services.remove(id) else {
             return false;
         };
-        let index = self.bump();
-        self.forget_instance(&old.instance.service, id, index);
-        self.services_index = index;
-        self.touched.push(WaitKey::Catalog);
+        let dc = old.instance.datacenter;
+        let index = self.dc_mut(&dc).bump();
+        self.forget_instance(&dc, &old.instance.service, id, index);
+        self.dc_mut(&dc).services_index = index;
+        self.touched.push(WaitKey::Catalog(dc));
         true
     }
 
@@ -237,7 +296,8 @@ impl State {
         if !svc.checks.is_empty() && svc.checks.iter().all(|c| c.status == status) {
             return true;
         }
-        let index = self.bump();
+        let dc = svc.instance.datacenter.clone();
+        let index = self.dc_mut(&dc).bump();
         if let Some(svc) = self.services.get_mut(id) {
             if svc.checks.is_empty() {
                 svc.checks.push(Check {
@@ -254,7 +314,7 @@ impl State {
             svc.instance.health = status;
             svc.modify_index = index;
             let name = svc.instance.service.clone();
-            self.touch_service(&name, index);
+            self.touch_service(&dc, &name, index);
         }
         true
     }
@@ -265,11 +325,11 @@ impl State {
             .services
             .values()
             .find(|s| s.checks.iter().any(|c| c.id == check_id))
-            .map(|s| s.instance.id.clone());
-        let Some(id) = found else {
+            .map(|s| (s.instance.id.clone(), s.instance.datacenter.clone()));
+        let Some((id, dc)) = found else {
             return false;
         };
-        let index = self.bump();
+        let index = self.dc_mut(&dc).bump();
         if let Some(svc) = self.services.get_mut(&id) {
             for c in svc.checks.iter_mut().filter(|c| c.id == check_id) {
                 c.status = status;
@@ -277,16 +337,17 @@ impl State {
             }
             svc.modify_index = index;
             let name = svc.instance.service.clone();
-            self.touch_service(&name, index);
+            self.touch_service(&dc, &name, index);
         }
         true
     }
 
-    /// Stores a KV entry; returns the new index.
-    pub(crate) fn kv_put(&mut self, key: &str, value: &[u8], flags: u64) -> u64 {
-        let index = self.bump();
-        let create_index = self.kv.get(key).map_or(index, |e| e.create_index);
-        self.kv.insert(
+    /// Stores a KV entry in `dc`; returns the new index.
+    pub(crate) fn kv_put(&mut self, dc: &str, key: &str, value: &[u8], flags: u64) -> u64 {
+        let tables = self.dc_mut(dc);
+        let index = tables.bump();
+        let create_index = tables.kv.get(key).map_or(index, |e| e.create_index);
+        tables.kv.insert(
             key.to_owned(),
             KvEntry {
                 value: value.to_vec(),
@@ -295,35 +356,36 @@ impl State {
                 modify_index: index,
             },
         );
-        self.kv_index = index;
-        self.touched.push(WaitKey::Kv);
+        tables.kv_index = index;
+        self.touched.push(WaitKey::Kv(dc.to_owned()));
         index
     }
 
-    /// Deletes `key`, or every key under the prefix `key` with `recurse`. Consul answers
-    /// `true` either way; the index moves only when something was deleted.
-    pub(crate) fn kv_delete(&mut self, key: &str, recurse: bool) {
-        let before = self.kv.len();
+    /// Deletes `key` in `dc`, or every key under the prefix `key` with `recurse`. Consul
+    /// answers `true` either way; the index moves only when something was deleted.
+    pub(crate) fn kv_delete(&mut self, dc: &str, key: &str, recurse: bool) {
+        let tables = self.dc_mut(dc);
+        let before = tables.kv.len();
         if recurse {
-            self.kv.retain(|k, _| !k.starts_with(key));
+            tables.kv.retain(|k, _| !k.starts_with(key));
         } else {
-            self.kv.remove(key);
+            tables.kv.remove(key);
         }
-        if self.kv.len() != before {
-            self.kv_index = self.bump();
-            self.touched.push(WaitKey::Kv);
+        if tables.kv.len() != before {
+            tables.kv_index = tables.bump();
+            self.touched.push(WaitKey::Kv(dc.to_owned()));
         }
     }
 
-    /// The services of `name` visible in this datacenter, ordered by node then id.
-    pub(crate) fn instances_of<'a>(&'a self, name: &'a str) -> Vec<&'a Service> {
+    /// The services of `name` in datacenter `dc`, ordered by node then id.
+    pub(crate) fn instances_of<'a>(&'a self, dc: &str, name: &str) -> Vec<&'a Service> {
         let mut out: Vec<&Service> = self
+            .dc(dc)
             .by_name
             .get(name)
             .into_iter()
             .flatten()
             .filter_map(|id| self.services.get(id))
-            .filter(|s| s.instance.datacenter == self.datacenter)
             .collect();
         out.sort_by(|a, b| {
             (&a.instance.node, &a.instance.id).cmp(&(&b.instance.node, &b.instance.id))
@@ -331,13 +393,17 @@ impl State {
         out
     }
 
-    /// `GET /v1/catalog/services`: name → union of tags, over services passing `keep`.
-    pub(crate) fn catalog_services(&self, mut keep: impl FnMut(&Service) -> bool) -> Value {
+    /// `GET /v1/catalog/services` of `dc`: name → union of tags, over services passing `keep`.
+    pub(crate) fn catalog_services(
+        &self,
+        dc: &str,
+        mut keep: impl FnMut(&Service) -> bool,
+    ) -> Value {
         let mut names: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         for s in self
             .services
             .values()
-            .filter(|s| s.instance.datacenter == self.datacenter)
+            .filter(|s| s.instance.datacenter == dc)
             .filter(|s| keep(s))
         {
             let tags = names.entry(&s.instance.service).or_default();
@@ -519,23 +585,49 @@ mod tests {
     #[test]
     fn index_grows_on_every_write_and_only_then() {
         let mut s = State::new("dc1");
-        assert_eq!(s.index, 1);
+        assert_eq!(s.local().index, 1);
         let a = s.register(Instance::new("a", "web", "10.0.0.1", 80));
         let b = s.register(Instance::new("a", "web", "10.0.0.2", 80));
         assert!(b > a);
         assert!(s.set_health("a", Health::Critical));
-        let c = s.index;
+        let c = s.local().index;
         assert!(c > b);
         assert!(
             s.set_health("a", Health::Critical),
             "no change still succeeds"
         );
-        assert_eq!(s.index, c, "no change, no new index");
+        assert_eq!(s.local().index, c, "no change, no new index");
         assert!(!s.set_health("nope", Health::Passing));
         assert!(!s.deregister("nope"));
-        assert_eq!(s.index, c);
+        assert_eq!(s.local().index, c);
         assert!(s.deregister("a"));
-        assert!(s.index > c);
+        assert!(s.local().index > c);
+    }
+
+    #[test]
+    fn each_datacenter_keeps_its_own_indexes_and_kv() {
+        let mut s = State::new("dc1");
+        s.register(Instance::new("a", "web", "10.0.0.1", 80));
+        let dc1 = (s.local().index, s.index_of_service("dc1", "web"));
+        let in_dc2 = s.register(Instance::new("b", "web", "10.0.1.1", 80).datacenter("dc2"));
+        assert_eq!(
+            in_dc2, 2,
+            "dc2's raft index starts at 1 like a fresh cluster"
+        );
+        assert!(s.set_health("b", Health::Critical));
+        s.kv_put("dc2", "k", b"v", 0);
+        assert_eq!(
+            (s.local().index, s.index_of_service("dc1", "web")),
+            dc1,
+            "writes in dc2 leave dc1's indexes alone"
+        );
+        assert!(s.local().kv.is_empty());
+        assert_eq!(s.instances_of("dc2", "web").len(), 1);
+        assert_eq!(s.instances_of("dc1", "web").len(), 1);
+        // Moving an instance to another datacenter deregisters it from the first.
+        s.register(Instance::new("b", "web", "10.0.1.1", 80));
+        assert_eq!(s.instances_of("dc2", "web").len(), 0);
+        assert_eq!(s.instances_of("dc1", "web").len(), 2);
     }
 
     #[test]

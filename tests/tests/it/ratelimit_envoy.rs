@@ -173,8 +173,8 @@ fn expected(nonzero: &[(&'static str, i64)]) -> BTreeMap<&'static str, i64> {
     all
 }
 
-/// Waits until `rule`'s counters are exactly `nonzero` (others 0); they are bumped before the
-/// client sees a response, so this normally returns at once.
+/// Waits until `rule`'s counters are exactly `nonzero` (others 0). The decision counters are
+/// batched in each worker's VM and reach Envoy on the root's next tick (at most 1 s later).
 fn assert_counters(envoy: &Envoy, rule: &str, nonzero: &[(&'static str, i64)]) -> Result<()> {
     let want = expected(nonzero);
     let deadline = Instant::now() + WAIT;

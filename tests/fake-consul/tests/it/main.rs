@@ -6,6 +6,7 @@
 mod blocking;
 mod catalog;
 mod client;
+mod datacenters;
 mod faults;
 mod filter;
 mod indexes;

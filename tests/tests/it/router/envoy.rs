@@ -426,3 +426,131 @@ fn a_bootstrap_singleton_can_do_the_polling_for_the_http_filters() -> Result<()>
     );
     Ok(())
 }
+
+/// Sends `n` requests until every one is answered as `expected` (`"200 u3"`), at most
+/// [`WAIT`]: a worker takes a new list at its next tick (100 ms) after the sync published it.
+fn settles_on(envoy: &Envoy, expected: &[&str], n: usize) -> Result<BTreeMap<String, usize>> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let seen = spread(envoy, n)?;
+        if seen.keys().all(|k| expected.contains(&k.as_str())) {
+            return Ok(seen);
+        }
+        if Instant::now() > deadline {
+            bail!("traffic never settled on {expected:?}: {seen:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for the sync to publish a change after `before` changes; returns how long it took.
+fn next_change(envoy: &Envoy, before: i64) -> Result<Duration> {
+    let started = Instant::now();
+    envoy.wait_for_stat(
+        "wasmcustom.meshguard_router.orders.sync_changes",
+        |v| v > before,
+        WAIT,
+    )?;
+    Ok(started.elapsed())
+}
+
+#[test]
+fn traffic_fails_over_to_the_next_datacenter_and_back_with_consul_health() -> Result<()> {
+    let consul = FakeConsul::start_with(meshguard_fake_consul::Options {
+        datacenters: vec!["dc2".into()],
+        ..Default::default()
+    })?;
+    let upstreams: Vec<TestUpstream> = (1..=3)
+        .map(|i| TestUpstream::start_named(&format!("u{i}")))
+        .collect::<Result<_>>()?;
+    for (i, u) in upstreams.iter().enumerate() {
+        let dc = if i < 2 { "dc1" } else { "dc2" };
+        consul.register(
+            Instance::new(
+                &format!("orders-{}", i + 1),
+                "orders",
+                "127.0.0.1",
+                u.port(),
+            )
+            .datacenter(dc),
+        );
+    }
+    let ports: Vec<u16> = upstreams.iter().map(TestUpstream::port).collect();
+    let config = router_config("").replace(
+        r#""cluster":"consul","#,
+        r#""cluster":"consul","datacenters":["dc1","dc2"],"#,
+    );
+    let envoy = start_envoy(consul.port(), &ports, &config)?;
+    // Both datacenters answered (dc2's list merged behind dc1's).
+    let both = |v: i64| v >= 1;
+    envoy.wait_for_stat(
+        "wasmcustom.meshguard_router.orders.sync_changes",
+        both,
+        WAIT,
+    )?;
+    let local = settles_on(&envoy, &["200 u1", "200 u2"], 10)?;
+    assert_eq!(local, counts(&[("200 u1", 5), ("200 u2", 5)]), "dc1 only");
+    let targets: Vec<String> = consul.requests().iter().map(|r| r.path.clone()).collect();
+    ensure!(
+        consul
+            .requests()
+            .iter()
+            .any(|r| r.query_param("dc") == Some("dc2")),
+        "dc2 watched: {targets:?}"
+    );
+
+    // dc1 has no healthy instance: dc2 takes the traffic after one blocking round.
+    let before = envoy
+        .stat("wasmcustom.meshguard_router.orders.sync_changes")
+        .unwrap_or(0);
+    consul.set_health("orders-1", meshguard_fake_consul::Health::Critical);
+    consul.set_health("orders-2", meshguard_fake_consul::Health::Critical);
+    let took = next_change(&envoy, before)?;
+    ensure!(
+        took < Duration::from_secs(2),
+        "within one wait (2 s): {took:?}"
+    );
+    settles_on(&envoy, &["200 u3"], 10)?;
+
+    // dc1 recovers: traffic comes back.
+    let before = envoy
+        .stat("wasmcustom.meshguard_router.orders.sync_changes")
+        .unwrap_or(0);
+    consul.set_health("orders-1", meshguard_fake_consul::Health::Passing);
+    consul.set_health("orders-2", meshguard_fake_consul::Health::Passing);
+    next_change(&envoy, before)?;
+    // The two health changes may reach the filter in one blocking round or in two: wait for
+    // the round robin over both instances, not just for the first change.
+    let wanted = counts(&[("200 u1", 5), ("200 u2", 5)]);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let seen = settles_on(&envoy, &["200 u1", "200 u2"], 10)?;
+        if seen == wanted {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "never back to both dc1 instances: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Deregistered from dc1: dc2 again, and back on registration.
+    let before = envoy
+        .stat("wasmcustom.meshguard_router.orders.sync_changes")
+        .unwrap_or(0);
+    ensure!(consul.deregister("orders-1") && consul.deregister("orders-2"));
+    let took = next_change(&envoy, before)?;
+    ensure!(
+        took < Duration::from_secs(2),
+        "within one wait (2 s): {took:?}"
+    );
+    settles_on(&envoy, &["200 u3"], 10)?;
+    let before = envoy
+        .stat("wasmcustom.meshguard_router.orders.sync_changes")
+        .unwrap_or(0);
+    consul.register(Instance::new("orders-1", "orders", "127.0.0.1", ports[0]));
+    next_change(&envoy, before)?;
+    settles_on(&envoy, &["200 u1"], 10)?;
+    Ok(())
+}

@@ -98,6 +98,18 @@ fn first_hosts(host: &mut Host, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// The shared-data key of this configuration's `kind` (`lease`, `instances.orders`...): keys
+/// carry the configuration's sync scope, `meshguard.router.v1.<scope>.<kind>`.
+fn scoped_key(host: &Host, kind: &str) -> String {
+    let keys: Vec<String> = host
+        .shared_data_keys()
+        .into_iter()
+        .filter(|k| k.starts_with("meshguard.router.v1.") && k.ends_with(&format!(".{kind}")))
+        .collect();
+    assert_eq!(keys.len(), 1, "{kind}: {keys:?}");
+    keys.into_iter().next().unwrap()
+}
+
 fn metric(host: &Host, name: &str) -> i64 {
     host.metric(&format!("meshguard_router.{name}"))
         .map_or(0, |m| m.value)
@@ -342,11 +354,12 @@ fn a_lapsed_lease_is_taken_over_and_only_then_is_consul_queried() {
         .build()
         .unwrap();
     assert!(host.configure().unwrap());
-    let (lease, _) = host.shared_data("meshguard.router.v1.lease").unwrap();
+    let lease_key = scoped_key(&host, "lease");
+    let (lease, _) = host.shared_data(&lease_key).unwrap();
     assert_eq!(lease, b"0 0", "created before traffic, held by nobody");
     // Another VM holds the lease until 2.5s of virtual time and then stops renewing it.
     host.set_shared_data(
-        "meshguard.router.v1.lease",
+        &lease_key,
         format!("77 {}", EPOCH + 2_500_000_000).as_bytes(),
     );
     host.advance(2 * SEC).unwrap();
@@ -356,7 +369,7 @@ fn a_lapsed_lease_is_taken_over_and_only_then_is_consul_queried() {
     let q = query(&host);
     assert_eq!(q.vm, 1);
     assert_eq!(metric(&host, "lease_takeovers"), 1);
-    let (lease, _) = host.shared_data("meshguard.router.v1.lease").unwrap();
+    let (lease, _) = host.shared_data(&lease_key).unwrap();
     let lease = String::from_utf8(lease).unwrap();
     let (owner, until) = lease.split_once(' ').unwrap();
     assert_ne!(owner, "77");
@@ -778,4 +791,194 @@ fn client_retry_headers_never_survive_whether_or_not_the_map_was_read() {
             _ => assert_eq!(retry_on, Some("5xx,reset,connect-failure")),
         }
     }
+}
+
+/// A PUT whose upstream fails before the body is through: resending what was captured would
+/// write an incomplete body, so the request is answered but not queued (counted as skipped).
+#[test]
+fn failback_never_queues_a_request_whose_body_did_not_finish() {
+    let mut host = synced(
+        r#","mode":"failback","fallback_response":{"status":202},
+           "failback":{"cluster":"backend","retry_base":"1s","retry_max":"2s"}"#,
+        &[8001],
+    );
+    let s = host.new_stream(WORKER).unwrap();
+    let headers = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    host.request_headers(
+        s,
+        headers(&[
+            (":method", "PUT"),
+            (":path", "/orders/9"),
+            (":authority", "shop"),
+            ("content-length", "20"),
+        ]),
+        false,
+    )
+    .unwrap();
+    host.request_body(s, b"{\"qty\":", false).unwrap();
+    // The upstream answers 503 at once, before the rest of the body.
+    host.response_headers(s, headers(&[(":status", "503")]), false)
+        .unwrap();
+    let view = host.stream(s).unwrap();
+    assert_eq!(view.status(), Some(202), "{view:?}");
+    assert_eq!(view.response_header("x-meshguard-router"), Some("failback"));
+    assert_eq!(metric(&host, "orders.failback_queued"), 0);
+    assert_eq!(metric(&host, "orders.failback_skipped"), 1);
+    host.finish(s).unwrap();
+    host.advance(5 * SEC).unwrap();
+    assert!(
+        host.http_callouts().iter().all(|c| c.cluster != "backend"),
+        "nothing resent"
+    );
+    // The same request whole is queued and resent with its whole body.
+    host.set_upstream(|_| Response::new(503));
+    host.send(
+        WORKER,
+        Request::new("PUT", "/orders/9").body(b"{\"qty\":1}".to_vec()),
+    )
+    .unwrap();
+    assert_eq!(metric(&host, "orders.failback_queued"), 1);
+    host.advance(2 * SEC).unwrap();
+    let r = host
+        .http_callouts()
+        .into_iter()
+        .find(|c| c.cluster == "backend")
+        .unwrap();
+    assert_eq!(r.body, b"{\"qty\":1}");
+    // Trailers end a request too: then it is whole.
+    host.send(
+        WORKER,
+        Request::new("PUT", "/orders/10")
+            .body(b"{\"qty\":2}".to_vec())
+            .trailer("x-checksum", "1"),
+    )
+    .unwrap();
+    assert_eq!(metric(&host, "orders.failback_queued"), 2);
+    assert_eq!(metric(&host, "orders.failback_skipped"), 1);
+}
+
+/// VM 1 holds the lease and blocks on index 10; the lease passes to another VM ("77", as when
+/// VM 1 stalled past `lease_ttl`), which publishes index 20. VM 1's answer arriving before its
+/// next tick must not overwrite the newer list, nor move the status back.
+#[test]
+fn a_vm_that_lost_the_lease_does_not_publish_its_late_answer() {
+    let mut host = synced("", &[8001]);
+    host.advance(SEC).unwrap();
+    let q = query(&host);
+    assert_eq!(q.vm, 1);
+    let lease_key = scoped_key(&host, "lease");
+    let list_key = scoped_key(&host, "instances.orders");
+    let status_key = scoped_key(&host, "status.orders");
+    let far = u64::MAX / 2;
+    host.set_shared_data(&lease_key, format!("77 {far}").as_bytes());
+    host.set_shared_data(&status_key, b"20 5");
+    let (list_before, _) = host.shared_data(&list_key).unwrap();
+    host.respond_http_call(q.id, consul_ok(11, &health(&[8002])))
+        .unwrap();
+    assert_eq!(host.shared_data(&list_key).unwrap().0, list_before);
+    assert_eq!(host.shared_data(&status_key).unwrap().0, b"20 5");
+    assert_eq!(
+        metric(&host, "orders.sync_changes"),
+        1,
+        "only the first sync"
+    );
+    assert!(queries(&host).is_empty(), "stopped polling at once");
+    host.advance(SEC).unwrap();
+    assert!(queries(&host).is_empty(), "held by 77");
+    let mut hosts = first_hosts(&mut host, 2);
+    hosts.dedup();
+    assert_eq!(hosts, ["10.0.0.1:8001"]);
+}
+
+/// A health body for `orders` on 10.0.0.1 with one instance per tenant (`""`: no meta).
+fn health_with_tenants(tenants: &[&str]) -> String {
+    let entries: Vec<String> = tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let meta = if t.is_empty() {
+                String::new()
+            } else {
+                format!(r#""tenant":"{t}""#)
+            };
+            format!(
+                r#"{{"Node":{{"Node":"node-1","Address":"10.0.0.1","Datacenter":"dc1"}},
+                    "Service":{{"ID":"orders-{i}","Service":"orders","Port":{},"Meta":{{{meta}}}}},
+                    "Checks":[]}}"#,
+                8001 + i
+            )
+        })
+        .collect();
+    format!("[{}]", entries.join(","))
+}
+
+#[test]
+fn an_instance_under_another_tenant_takes_the_service_out_of_the_tenant_map() {
+    let mut host = host("");
+    host.advance(SEC).unwrap();
+    host.respond_http_call(
+        query(&host).id,
+        consul_ok(10, &health_with_tenants(&["acme", "acme"])),
+    )
+    .unwrap();
+    let tenants = |host: &Host| {
+        String::from_utf8(
+            host.shared_data("meshguard.registry.service_tenants.v1")
+                .unwrap()
+                .0,
+        )
+        .unwrap()
+    };
+    assert_eq!(tenants(&host), r#"{"orders":"acme"}"#);
+    // Globex registers an instance under `orders` (first in Consul's answer).
+    host.advance(SEC).unwrap();
+    host.respond_http_call(
+        query(&host).id,
+        consul_ok(11, &health_with_tenants(&["globex", "acme", "acme"])),
+    )
+    .unwrap();
+    assert_eq!(tenants(&host), "{}", "no owner rather than globex");
+    assert_eq!(metric(&host, "orders.tenant_conflicts"), 1);
+    let warned = host
+        .logs()
+        .into_iter()
+        .filter(|l| l.message.contains("left out of the tenant map"))
+        .count();
+    assert_eq!(warned, 1);
+}
+
+/// Another router configuration in the same `vm_id` (an older one draining, say) holds its
+/// own lease and publishes its own part of the tenant map: this one still syncs, and the
+/// tenant filter sees both parts merged.
+#[test]
+fn another_configuration_in_the_vm_id_neither_blocks_the_sync_nor_loses_its_tenants() {
+    let mut host = host("");
+    let far = u64::MAX / 2;
+    let other = "meshguard.router.v1.00000000deadbeef";
+    host.set_shared_data(&format!("{other}.lease"), format!("77 {far}").as_bytes());
+    host.set_shared_data(
+        "meshguard.registry.service_tenants.v1.00000000deadbeef",
+        br#"{"users":"globex","orders":"acme"}"#,
+    );
+    host.set_shared_data(
+        "meshguard.registry.service_tenants.v1.scopes",
+        b"00000000deadbeef",
+    );
+    host.advance(SEC).unwrap();
+    let q = query(&host);
+    assert_eq!(q.vm, 1, "this configuration's own lease");
+    host.respond_http_call(q.id, consul_ok(10, &health(&[8001])))
+        .unwrap();
+    assert_eq!(
+        host.shared_data("meshguard.registry.service_tenants.v1")
+            .unwrap()
+            .0,
+        br#"{"orders":"acme","users":"globex"}"#
+    );
+    assert_eq!(first_hosts(&mut host, 1), ["10.0.0.1:8001"]);
 }

@@ -235,3 +235,93 @@ fn a_forwarded_registration_is_the_rewritten_one() {
         json!({"ID": "acme.web", "Name": "web", "Port": 1, "Meta": {"tenant": "acme"}})
     );
 }
+
+// --- review findings: trailers, squatting, health checks, Unicode keys ----------------------
+
+fn register_request(body: &Value) -> Request {
+    acme(Request::new("PUT", "/v1/agent/service/register").body(body.to_string()))
+}
+
+#[test]
+fn a_tenant_cannot_register_a_service_name_another_tenant_owns() {
+    // `billing` is globex's; Consul's service index ignores case, so `BILLING` is the same.
+    for name in ["billing", "BILLING", "Billing"] {
+        run(
+            register_request(&json!({"ID": "x", "Name": name, "Port": 1})),
+            Expect::Denied(403, "service billing belongs to another tenant"),
+        );
+    }
+    // Its own services and unowned names still register.
+    for name in ["web", "WEB", "new-svc"] {
+        let mut host = host();
+        let id = host
+            .send(1, register_request(&json!({"Name": name, "Port": 1})))
+            .unwrap();
+        let view = host.stream(id).unwrap().clone();
+        assert_eq!(view.status(), Some(200), "{name}: {:?}", view.local_reply);
+        assert!(forwarded(&view).complete, "{name}");
+    }
+}
+
+#[test]
+fn registrations_with_dangerous_checks_or_kinds_are_refused() {
+    let base = |extra: Value| {
+        let mut body = json!({"Name": "web", "Address": "10.0.0.5", "Port": 8080});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    for (attack, extra) in [
+        (
+            "metadata ssrf",
+            json!({"Check": {"HTTP": "http://169.254.169.254/latest/meta-data/", "Interval": "10s"}}),
+        ),
+        (
+            "other host",
+            json!({"Checks": [{"TCP": "10.0.0.6:22", "Interval": "10s"}]}),
+        ),
+        (
+            "script",
+            json!({"Check": {"Args": ["/bin/sh", "-c", "id"], "Interval": "10s"}}),
+        ),
+        (
+            "docker",
+            json!({"Check": {"DockerContainerID": "x", "Shell": "/bin/sh", "Args": ["id"], "Interval": "10s"}}),
+        ),
+        (
+            "connect proxy",
+            json!({"Kind": "connect-proxy", "Proxy": {"DestinationServiceName": "billing"}}),
+        ),
+        ("connect", json!({"Connect": {"Native": true}})),
+        (
+            "unicode sidecar",
+            json!({"Connect": {"\u{17f}idecar\u{17f}ervice": {}}}),
+        ),
+    ] {
+        let mut host = host();
+        let id = host.send(1, register_request(&base(extra))).unwrap();
+        let view = host.stream(id).unwrap().clone();
+        assert_eq!(
+            view.status(),
+            Some(403),
+            "{attack}: {:?}",
+            view.upstream_request
+        );
+        let reached = view.upstream_request.as_ref();
+        assert!(
+            reached.is_none_or(|u| u.body.is_empty() && !u.complete),
+            "{attack}: reached Consul: {reached:?}"
+        );
+    }
+    // A check at the service's own address and port passes; its id joins the namespace.
+    let mut host = host();
+    let body = base(
+        json!({"Check": {"CheckID": "web-alive", "HTTP": "http://10.0.0.5:8080/health", "Interval": "10s"}}),
+    );
+    let id = host.send(1, register_request(&body)).unwrap();
+    let view = host.stream(id).unwrap().clone();
+    let sent: Value = serde_json::from_slice(&forwarded(&view).body).unwrap();
+    assert_eq!(sent["Check"]["CheckID"], "acme.web-alive");
+    assert_eq!(sent["Check"]["HTTP"], "http://10.0.0.5:8080/health");
+}

@@ -211,3 +211,191 @@ fn kv_stays_under_the_tenant_prefix() -> Result<()> {
     ensure!(!stolen.body_str().contains("globex-only"));
     Ok(())
 }
+
+/// A minimal HTTP/2 client with prior knowledge (h2c): the listener's codec is AUTO, and only
+/// HTTP/2 lets a client end a request with trailers that Envoy passes to filters by default
+/// (HTTP/1 trailers need `enable_trailers`). Headers go as HPACK literals without indexing
+/// or Huffman; the answer is read until the stream ends and its DATA returned (the status
+/// would need an HPACK decoder; the tests read Consul's state instead).
+mod h2c {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    use anyhow::{bail, Result};
+
+    fn int(out: &mut Vec<u8>, prefix_bits: u32, first: u8, value: usize) {
+        let max = (1usize << prefix_bits) - 1;
+        if value < max {
+            out.push(first | value as u8);
+            return;
+        }
+        out.push(first | max as u8);
+        let mut rest = value - max;
+        while rest >= 128 {
+            out.push((rest % 128) as u8 | 0x80);
+            rest /= 128;
+        }
+        out.push(rest as u8);
+    }
+
+    fn block(headers: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, value) in headers {
+            out.push(0x00);
+            int(&mut out, 7, 0, name.len());
+            out.extend_from_slice(name.as_bytes());
+            int(&mut out, 7, 0, value.len());
+            out.extend_from_slice(value.as_bytes());
+        }
+        out
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// Sends `headers`, `body` in one DATA frame, then `trailers` ending the stream; returns
+    /// the response DATA.
+    pub fn send_with_trailers(
+        addr: SocketAddr,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        trailers: &[(&str, &str)],
+    ) -> Result<Vec<u8>> {
+        let mut tcp = TcpStream::connect(addr)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(4, 0, 0, &[]));
+        out.extend(frame(1, 0x4, 1, &block(headers)));
+        out.extend(frame(0, 0, 1, body));
+        out.extend(frame(1, 0x5, 1, &block(trailers)));
+        tcp.write_all(&out)?;
+        let mut data = Vec::new();
+        loop {
+            let mut head = [0u8; 9];
+            tcp.read_exact(&mut head)?;
+            let len =
+                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            tcp.read_exact(&mut payload)?;
+            match (kind, stream) {
+                (4, 0) if flags & 1 == 0 => tcp.write_all(&frame(4, 1, 0, &[]))?,
+                (0, 1) => data.extend_from_slice(&payload),
+                (3, 1) => bail!("stream reset: {payload:?}"),
+                (7, 0) => bail!("goaway: {payload:?}"),
+                _ => {}
+            }
+            if stream == 1 && matches!(kind, 0 | 1) && flags & 1 == 1 {
+                return Ok(data);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_registration_ended_by_http2_trailers_is_still_rewritten_or_refused() -> Result<()> {
+    let s = Setup::start()?;
+    let register = |body: Value| {
+        let body = body.to_string();
+        h2c::send_with_trailers(
+            s.envoy.listener_addr(),
+            &[
+                (":method", "PUT"),
+                (":scheme", "http"),
+                (":path", "/v1/agent/service/register"),
+                (":authority", "consul"),
+                ("x-meshguard-tenant", "acme"),
+                ("content-type", "application/json"),
+            ],
+            body.as_bytes(),
+            &[("x-checksum", "1")],
+        )
+    };
+    let claimed = register(
+        json!({"ID": "api-1", "Name": "api", "Port": 9000, "Meta": {"tenant": "globex"}}),
+    )?;
+    ensure!(
+        s.consul.instances("api").is_empty(),
+        "registered anyway: {:?}",
+        s.consul.instances("api")
+    );
+    let answer = String::from_utf8_lossy(&claimed).into_owned();
+    ensure!(
+        answer.contains("the registration claims another tenant"),
+        "{answer}\n{}",
+        s.envoy.log()
+    );
+    let plain = register(json!({"ID": "api-1", "Name": "api", "Port": 9000}))?;
+    let instances = s.consul.instances("api");
+    ensure!(
+        instances.len() == 1,
+        "{instances:?} {}",
+        String::from_utf8_lossy(&plain)
+    );
+    ensure!(instances[0].id == "acme.api-1", "{instances:?}");
+    ensure!(
+        instances[0].meta.get("tenant").map(String::as_str) == Some("acme"),
+        "{instances:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn squatting_names_and_dangerous_checks_never_reach_consul() -> Result<()> {
+    let s = Setup::start()?;
+    let register = |body: Value| {
+        s.send(
+            "acme",
+            Request::new("PUT", "/v1/agent/service/register").body(body.to_string()),
+        )
+    };
+    let before = s.consul.requests().len();
+    for (attack, body, why) in [
+        (
+            "another tenant's name, upper case",
+            json!({"ID": "b-1", "Name": "BILLING", "Port": 1}),
+            "service billing belongs to another tenant",
+        ),
+        (
+            "metadata-service check",
+            json!({"Name": "api", "Address": "10.0.0.9", "Port": 80,
+                   "Check": {"HTTP": "http://169.254.169.254/latest/meta-data/", "Interval": "10s"}}),
+            "the health check is not allowed",
+        ),
+        (
+            "script check",
+            json!({"Name": "api", "Check": {"Args": ["/bin/sh", "-c", "id"], "Interval": "10s"}}),
+            "the health check is not allowed",
+        ),
+        (
+            "connect proxy",
+            json!({"Name": "api", "Kind": "connect-proxy",
+                   "Proxy": {"DestinationServiceName": "billing"}}),
+            "the registration has a field that is not allowed: Kind",
+        ),
+    ] {
+        let response = register(body)?;
+        ensure!(response.status == 403, "{attack}: {response:?}");
+        let reason = response.header("x-meshguard-deny-reason").unwrap_or("");
+        ensure!(reason.starts_with(why), "{attack}: {reason}");
+    }
+    ensure!(
+        s.consul.requests().len() == before,
+        "Consul was asked: {:?}",
+        &s.consul.requests()[before..]
+    );
+    let ok = register(
+        json!({"ID": "api-1", "Name": "api", "Address": "10.0.0.9", "Port": 80,
+        "Check": {"CheckID": "api-http", "HTTP": "http://10.0.0.9:80/health", "Interval": "10s"}}),
+    )?;
+    ensure!(ok.status == 200, "{ok:?}\n{}", s.envoy.log());
+    ensure!(s.consul.instances("api").len() == 1);
+    Ok(())
+}
