@@ -444,15 +444,17 @@ fn envoy_loads_the_filter_and_rejects_the_third_request() -> anyhow::Result<()> 
     assert_eq!(third.header("ratelimit-remaining"), Some("0"));
     assert_eq!(third.header("ratelimit-reset"), Some("1"));
     assert_eq!(third.header("retry-after"), Some("1"));
-    envoy.wait_for_stat(
-        "wasmcustom.meshguard_ratelimit.per-second.limited",
-        |v| v >= 1,
-        Duration::from_secs(10),
-    )?;
-    assert_eq!(
-        envoy.stat("wasmcustom.meshguard_ratelimit.per-second.allowed"),
-        Some(2)
-    );
+    // Each worker hands its batched counts to Envoy on its own one-second tick: wait for both
+    // counters to arrive, then check they are exact (no late extra count either).
+    for (counter, expected) in [("limited", 1), ("allowed", 2)] {
+        let name = format!("wasmcustom.meshguard_ratelimit.per-second.{counter}");
+        envoy.wait_for_stat(&name, |v| v >= expected, Duration::from_secs(10))?;
+    }
+    std::thread::sleep(Duration::from_millis(1_100));
+    for (counter, expected) in [("limited", 1), ("allowed", 2)] {
+        let name = format!("wasmcustom.meshguard_ratelimit.per-second.{counter}");
+        assert_eq!(envoy.stat(&name), Some(expected), "{counter}");
+    }
     Ok(())
 }
 
