@@ -86,7 +86,7 @@ fn run_in(
     })?;
 
     println!();
-    println!("== control plane: `meshguard run` with the file registry, Envoy over ADS ==");
+    println!("part 6: the control plane, `meshguard run` with the file registry, Envoy over ADS");
     let envoy = Envoy::start(
         EnvoyConfig::new("bootstrap-ads")
             .var("NODE_ID", "demo")

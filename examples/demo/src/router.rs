@@ -91,7 +91,7 @@ pub fn run() -> Result<()> {
     )?;
     println!();
     println!(
-        "part 4: the router filter in Envoy, routing over the instances it syncs from Consul ({})",
+        "part 5: the router filter in Envoy, routing over the instances it syncs from Consul ({})",
         consul.url()
     );
     let stat = |name: &str| format!("wasmcustom.meshguard_router.orders.{name}");

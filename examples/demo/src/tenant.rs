@@ -71,7 +71,7 @@ fn show(label: &str, request: &str, response: &Response, note: &str) {
 
 /// Runs both scenes.
 pub fn run() -> Result<()> {
-    println!("\n== tenant filter: verified tenant, cross-tenant denial ==");
+    println!("\npart 4: the tenant filter in Envoy\n== verified tenant, cross-tenant denial ==");
     calls()?;
     println!("\n== tenant filter: Consul discovery scoped to the tenant (fake Consul) ==");
     discovery()
