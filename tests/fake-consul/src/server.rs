@@ -277,7 +277,8 @@ impl FakeConsul {
         self.shared.lock().local().services_index
     }
 
-    /// Injects `fault` into every following request until [`FakeConsul::clear_fault`].
+    /// Injects `fault` into every answer from now on until [`FakeConsul::clear_fault`], also
+    /// into blocking queries parked before (they get it when they are answered).
     /// Requests already blocking are not affected.
     pub fn set_fault(&self, fault: Fault) {
         self.shared.write(|s| s.fault = Some(fault));
@@ -546,6 +547,20 @@ fn handle(shared: &Shared, req: RecordedRequest, epoch: u64) -> Option<Response>
         _ => {}
     }
     let mut resp = api::route(shared, &req, epoch, fault.as_ref())?;
+    // A blocking query may have been parked before the fault was set (or cleared): the fault in
+    // force when the answer leaves is the one that applies, as with a Consul that fails while
+    // a client waits.
+    let fault = shared.lock().fault.clone();
+    match &fault {
+        Some(Fault::Reset) => return None,
+        Some(Fault::Status(code)) => {
+            return Some(Response::text(
+                *code,
+                format!("fake consul: injected {} {}\n", code, http::reason(*code)),
+            ));
+        }
+        _ => {}
+    }
     if resp.header("X-Consul-Index").is_some() {
         match fault {
             Some(Fault::IndexZero) => resp.set_header("X-Consul-Index", "0".into()),
