@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use meshguard_core::{
     key_hash, pick_least_request, pick_random, pick_weighted_random, Instance, LatencyEstimate,
-    Maglev, OutlierState, ResponseTimeWeighted, RoundRobinState, SmoothWeightedState, SplitMix64,
+    Maglev, OutlierState, ResponseTimeWeighted, RoundRobinState, SmoothWeightedCycle,
+    SmoothWeightedState, SplitMix64,
 };
 
 const ROUNDS: u64 = 2_000_000;
@@ -51,6 +52,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     run("round robin", &mut |_| rr.pick(&instances, admit));
     run("smooth weighted round robin", &mut |_| {
         swrr.pick(&instances, admit)
+    });
+    let mut cycle = SmoothWeightedCycle::new(&instances).ok_or("no cycle")?;
+    run("smooth weighted round robin (cycle)", &mut |_| {
+        cycle.pick(&instances, admit)
     });
     let mut r1 = rng;
     run("random", &mut |_| pick_random(&instances, admit, &mut r1));

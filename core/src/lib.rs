@@ -10,8 +10,8 @@ pub use crate::{
     balance::{
         key_hash, pick_least_request, pick_random, pick_weighted_random, BalanceError, CallResult,
         Instance, LatencyEstimate, Locality, LocalityScope, Maglev, OutlierDetection, OutlierState,
-        Recorded, ResponseTimeWeighted, Rng, RoundRobinState, SmoothWeightedState, SplitMix64,
-        MAX_MAGLEV_INSTANCES,
+        Recorded, ResponseTimeWeighted, Rng, RoundRobinState, SmoothWeightedCycle,
+        SmoothWeightedState, SplitMix64, MAX_MAGLEV_INSTANCES,
     },
     breaker::{
         Breaker, BreakerBuilder, BreakerError, BreakerMode, BreakerPhase, BreakerState,

@@ -37,7 +37,8 @@ pub use instance::Instance;
 pub use maglev::{Maglev, MAX_MAGLEV_INSTANCES};
 pub use outlier::{CallResult, OutlierDetection, OutlierState, Recorded};
 pub use pick::{
-    pick_least_request, pick_random, pick_weighted_random, RoundRobinState, SmoothWeightedState,
+    pick_least_request, pick_random, pick_weighted_random, RoundRobinState, SmoothWeightedCycle,
+    SmoothWeightedState,
 };
 pub(crate) use rng::below_inclusive;
 pub use rng::{key_hash, Rng, SplitMix64};

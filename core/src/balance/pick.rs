@@ -84,6 +84,77 @@ impl SmoothWeightedState {
     }
 }
 
+/// Smooth weighted round robin with the nginx sequence of one instance list computed once:
+/// a pick is O(1) instead of O(n) ([`SmoothWeightedState`] walks every instance per pick).
+/// Build it when the list changes; `None` when the cycle (the sum of the healthy instances'
+/// weights) would exceed [`SmoothWeightedCycle::MAX_CYCLE`] entries, and the caller keeps
+/// using [`SmoothWeightedState`].
+///
+/// With every instance eligible the picks are exactly nginx's sequence. An instance the
+/// caller does not admit (ejected, already tried) is skipped and its turn goes to the next in
+/// the cycle, so over a cycle the others keep their relative shares (nginx would instead let
+/// the skipped instance's current weight wait; both are smooth).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SmoothWeightedCycle {
+    order: Vec<u32>,
+    next: usize,
+}
+
+impl SmoothWeightedCycle {
+    /// The largest cycle built (entries of 4 bytes: 16 KiB per worker and service).
+    pub const MAX_CYCLE: u64 = 4_096;
+
+    /// The cycle of `instances` (unhealthy ones have no turn), or `None` if it is empty or
+    /// longer than [`Self::MAX_CYCLE`].
+    pub fn new(instances: &[Instance]) -> Option<Self> {
+        let total: u64 = instances
+            .iter()
+            .filter(|i| i.healthy())
+            .map(|i| u64::from(i.weight().get()))
+            .sum();
+        if total == 0 || total > Self::MAX_CYCLE || instances.len() > u32::MAX as usize {
+            return None;
+        }
+        let mut state = SmoothWeightedState::default();
+        let order = (0..total)
+            .map(|_| {
+                state
+                    .pick(instances, |_| true)
+                    .and_then(|i| u32::try_from(i).ok())
+            })
+            .collect::<Option<Vec<u32>>>()?;
+        Some(Self { order, next: 0 })
+    }
+
+    /// The next instance of the cycle that still exists, is healthy and is admitted; `None`
+    /// when a whole cycle has none.
+    pub fn pick(&mut self, instances: &[Instance], admit: impl Fn(usize) -> bool) -> Option<usize> {
+        let len = self.order.len();
+        for _ in 0..len {
+            let i = self.order.get(self.next).copied()? as usize;
+            self.next = if self.next + 1 == len {
+                0
+            } else {
+                self.next + 1
+            };
+            if eligible(instances, &admit, i) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Entries in one cycle (the sum of the healthy weights).
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether the cycle has no entry (never true for a built cycle).
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
 /// Uniform random over the eligible instances: a few rejection-sampling draws (exact and
 /// O(1) when most instances are eligible), then a uniform draw among the counted eligible.
 pub fn pick_random(

@@ -89,6 +89,53 @@ fn smooth_weighted_gives_nginx_sequence_for_5_1_1() {
 }
 
 #[test]
+fn smooth_weighted_cycle_repeats_the_nginx_sequence() {
+    let xs = weighted(&[5, 1, 1]);
+    let mut cycle = SmoothWeightedCycle::new(&xs).unwrap();
+    assert_eq!(cycle.len(), 7);
+    let seq: String = (0..14)
+        .map(|_| ["a", "b", "c"][cycle.pick(&xs, all).unwrap()])
+        .collect();
+    assert_eq!(seq, "aabacaaaabacaa");
+}
+
+#[test]
+fn smooth_weighted_cycle_equals_the_walk_over_many_cycles() {
+    let xs = weighted(&[3, 2, 9, 1, 7, 7, 4]);
+    let mut cycle = SmoothWeightedCycle::new(&xs).unwrap();
+    let mut walk = SmoothWeightedState::default();
+    for _ in 0..(33 * 5) {
+        assert_eq!(cycle.pick(&xs, all), walk.pick(&xs, all));
+    }
+}
+
+#[test]
+fn smooth_weighted_cycle_gives_skipped_turns_to_the_others_in_proportion() {
+    let xs = weighted(&[3, 2, 9, 1]);
+    let mut cycle = SmoothWeightedCycle::new(&xs).unwrap();
+    let counts = histogram(4, 600, || cycle.pick(&xs, |i| i != 2));
+    assert_eq!(counts, [300, 200, 0, 100]);
+    assert_eq!(cycle.pick(&xs, |_| false), None, "nothing admitted");
+}
+
+#[test]
+fn smooth_weighted_cycle_is_not_built_when_too_long_or_empty() {
+    let heavy = weighted(&[4_000, 97]);
+    assert!(SmoothWeightedCycle::new(&heavy).is_none());
+    assert!(SmoothWeightedCycle::new(&[]).is_none());
+    let mut sick = weighted(&[5, 1, 1]);
+    sick[0] = sick[0].clone().with_healthy(false);
+    let mut cycle = SmoothWeightedCycle::new(&sick).unwrap();
+    assert_eq!(cycle.len(), 2, "an unhealthy instance has no turn");
+    assert_eq!(histogram(3, 10, || cycle.pick(&sick, all)), [0, 5, 5]);
+    let fits = weighted(&[4_000, 96]);
+    assert_eq!(
+        SmoothWeightedCycle::new(&fits).map(|c| c.len()),
+        Some(4_096)
+    );
+}
+
+#[test]
 fn smooth_weighted_follows_weights_and_skips_ineligible() {
     let xs = weighted(&[3, 2, 9, 1]);
     let mut swrr = SmoothWeightedState::default();

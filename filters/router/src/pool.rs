@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use meshguard_core::{
     pick_least_request, pick_random, pick_weighted_random, CallResult, Instance, LatencyEstimate,
     Locality, Maglev, OutlierDetection, OutlierState, Recorded, ResponseTimeWeighted, Rng,
-    RoundRobinState, SmoothWeightedState,
+    RoundRobinState, SmoothWeightedCycle, SmoothWeightedState,
 };
 
 use crate::config::{Balancer, Service};
@@ -66,6 +66,24 @@ impl Policy {
     }
 }
 
+/// Smooth weighted round robin for one list: the precomputed cycle (O(1) per pick) when the
+/// healthy weights sum to at most `SmoothWeightedCycle::MAX_CYCLE`, else nginx's walk over
+/// every instance (O(n) per pick).
+#[derive(Debug, Default)]
+struct Smooth {
+    cycle: Option<SmoothWeightedCycle>,
+    walk: SmoothWeightedState,
+}
+
+impl Smooth {
+    fn pick(&mut self, instances: &[Instance], admit: impl Fn(usize) -> bool) -> Option<usize> {
+        match &mut self.cycle {
+            Some(cycle) => cycle.pick(instances, admit),
+            None => self.walk.pick(instances, admit),
+        }
+    }
+}
+
 /// The instances of one service and this worker's balancing state.
 #[derive(Debug, Default)]
 pub struct Pool {
@@ -74,7 +92,7 @@ pub struct Pool {
     authorities: Vec<String>,
     maglev: Option<Maglev>,
     round_robin: RoundRobinState,
-    smooth: SmoothWeightedState,
+    smooth: Smooth,
     latency: Vec<LatencyEstimate>,
     outliers: Vec<OutlierState>,
     in_flight: Vec<u32>,
@@ -135,8 +153,13 @@ impl Pool {
                 .zip(&self.instances)
                 .all(|(a, b)| a.id() == b.id());
         if !order_kept {
-            self.smooth = SmoothWeightedState::default();
+            self.smooth.walk = SmoothWeightedState::default();
         }
+        self.smooth.cycle = if policy.balancer == Balancer::WeightedRoundRobin {
+            SmoothWeightedCycle::new(&instances)
+        } else {
+            None
+        };
         self.maglev = if policy.balancer == Balancer::ConsistentHash {
             Maglev::try_new(&instances).ok()
         } else {
@@ -296,7 +319,7 @@ fn pick_one(
     policy: &Policy,
     instances: &[Instance],
     round_robin: &mut RoundRobinState,
-    smooth: &mut SmoothWeightedState,
+    smooth: &mut Smooth,
     latency: &[LatencyEstimate],
     in_flight: &[u32],
     maglev: Option<&Maglev>,
