@@ -17,6 +17,19 @@ pub const NATIVE: &str = "native ROUND_ROBIN over 3 instances";
 pub const ROUTER: &str = "meshguard router, round_robin, failfast";
 /// Name of the meshguard variant with the default failover (2 retries through Envoy).
 pub const ROUTER_FAILOVER: &str = "meshguard router, round_robin, failover (2 retries)";
+/// Name of the native equivalent of failover: ROUND_ROBIN and a route retry policy that
+/// retries twice on other hosts on the router's default conditions.
+pub const NATIVE_RETRY: &str = "native ROUND_ROBIN + retry_policy (2 retries)";
+
+/// The route retry policy of [`NATIVE_RETRY`] (the router's failover defaults).
+const NATIVE_RETRY_POLICY: &str = r#"retry_policy:
+  retry_on: 5xx,reset,connect-failure
+  num_retries: 2
+  retry_host_predicate:
+  - name: envoy.retry_host_predicates.previous_hosts
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate
+  host_selection_retry_max_attempts: 3"#;
 
 /// The filter: service `orders` on every request, round robin, in `mode`, watching the
 /// stand-in Consul.
@@ -64,18 +77,24 @@ impl Backends {
         concurrency: u32,
     ) -> Result<Vec<(&'static str, Option<&'static str>, EnvoyConfig)>> {
         let endpoints = endpoints(&self.ports);
-        let mut out = vec![(
-            NATIVE,
-            None,
+        let native = |retry: &str| {
             EnvoyConfig::new("router-native")
                 .var("BACKEND_ENDPOINTS", endpoints.clone())
-                .concurrency(concurrency),
-        )];
+                .var("ROUTE_RETRY", retry.to_string())
+                .concurrency(concurrency)
+        };
+        let mut out = vec![
+            (NATIVE, None, native("")),
+            (NATIVE_RETRY, None, native(NATIVE_RETRY_POLICY)),
+        ];
         let wasm = wasm_artifact("meshguard_router")?;
-        for (name, mode) in [(ROUTER, "failfast"), (ROUTER_FAILOVER, "failover")] {
+        for (name, mode, baseline) in [
+            (ROUTER, "failfast", NATIVE),
+            (ROUTER_FAILOVER, "failover", NATIVE_RETRY),
+        ] {
             out.push((
                 name,
-                Some(NATIVE),
+                Some(baseline),
                 EnvoyConfig::new("router")
                     .var("BACKEND_ENDPOINTS", endpoints.clone())
                     .cluster("consul", self.consul_port)
