@@ -19,7 +19,7 @@ pub use crate::{
     duration::Duration,
     headers::HeaderMap,
     logging::{init_logging, install_panic_hook, sync_log_level},
-    matching::{HeaderMatcher, StringMatcher},
+    matching::{HeaderMatch, HeaderMatcher, StringMatch, StringMatcher},
     metrics::{BatchedCounter, Counter, Gauge},
     reply::send_local_reply,
 };

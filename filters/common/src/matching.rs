@@ -3,8 +3,73 @@
 //! assembles these into its own matcher, since their `match` blocks differ (tenants).
 
 use regex_lite::Regex;
+use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
+
+/// A string condition: exactly one of `exact`, `prefix` or `regex`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct StringMatch {
+    /// Equal to this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// Starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Matches this regular expression (`regex-lite` syntax, unanchored: use `^…$` for the
+    /// whole value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+impl StringMatch {
+    /// The compiled condition; errors are relative to this condition.
+    pub fn compile(&self) -> Result<StringMatcher, ConfigError> {
+        StringMatcher::compile(
+            self.exact.as_deref(),
+            self.prefix.as_deref(),
+            self.regex.as_deref(),
+        )
+    }
+}
+
+/// A condition on one request header: exactly one of `present`, `exact`, `prefix`, `regex`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    /// The header name as Envoy presents it (lower case; the ratelimit filter rejects other
+    /// spellings, the others match case-insensitively).
+    pub name: String,
+    /// `true`: the header is present; `false`: it is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+    /// The header's value equals this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// The header's value starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The header's value matches this regular expression (unanchored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+impl HeaderMatch {
+    /// The compiled condition (the name matched case-insensitively); errors are relative to
+    /// this condition.
+    pub fn compile(&self) -> Result<HeaderMatcher, ConfigError> {
+        HeaderMatcher::compile(
+            &self.name,
+            self.present,
+            self.exact.as_deref(),
+            self.prefix.as_deref(),
+            self.regex.as_deref(),
+        )
+    }
+}
 
 /// A compiled string condition: equal to, starting with, or matching a regular expression.
 #[derive(Debug, Clone)]

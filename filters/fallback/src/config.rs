@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 pub use meshguard_filter_common::Duration;
 use meshguard_filter_common::{validate_each, ConfigError, Validate};
+pub use meshguard_filter_common::{HeaderMatch, StringMatch};
 use serde::{Deserialize, Serialize};
 
 /// The root: the breakers, tried in order; the first whose `match` holds owns the request.
@@ -73,43 +74,6 @@ pub struct Match {
     /// Every one of these header conditions holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
-}
-
-/// A string condition: exactly one of `exact`, `prefix` or `regex`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[cfg_attr(test, derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct StringMatch {
-    /// Equal to this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exact: Option<String>,
-    /// Starts with this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
-    /// Matches this regular expression (unanchored; `regex-lite` syntax).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regex: Option<String>,
-}
-
-/// A condition on one request header: exactly one of `present`, `exact`, `prefix`, `regex`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[cfg_attr(test, derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct HeaderMatch {
-    /// The header name (lower case).
-    pub name: String,
-    /// `true`: the header is present; `false`: it is absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub present: Option<bool>,
-    /// The value equals this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exact: Option<String>,
-    /// The value starts with this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
-    /// The value matches this regular expression (unanchored).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regex: Option<String>,
 }
 
 /// What one breaker instance covers.

@@ -10,6 +10,7 @@ use meshguard_core::{
 };
 pub use meshguard_filter_common::Duration;
 use meshguard_filter_common::{validate_each, ConfigError, Validate};
+pub use meshguard_filter_common::{HeaderMatch, StringMatch};
 use serde::{Deserialize, Serialize};
 
 /// Default of [`Rule::max_keys`].
@@ -97,44 +98,6 @@ pub struct Match {
     /// these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tenants: Vec<String>,
-}
-
-/// A string condition: exactly one of `exact`, `prefix` or `regex`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[cfg_attr(test, derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct StringMatch {
-    /// Equal to this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exact: Option<String>,
-    /// Starts with this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
-    /// Matches this regular expression (Rust `regex` syntax, unanchored: use `^…$` for the
-    /// whole value).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regex: Option<String>,
-}
-
-/// A condition on one request header: exactly one of `present`, `exact`, `prefix`, `regex`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[cfg_attr(test, derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct HeaderMatch {
-    /// The header name (case-insensitive).
-    pub name: String,
-    /// `true`: the header is present; `false`: it is absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub present: Option<bool>,
-    /// The header's value equals this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exact: Option<String>,
-    /// The header's value starts with this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
-    /// The header's value matches this regular expression (unanchored).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regex: Option<String>,
 }
 
 /// One request attribute of a rule's key.
@@ -400,7 +363,7 @@ impl Validate for Rule {
 impl Validate for Match {
     fn validate(&self) -> Result<(), ConfigError> {
         if let Some(path) = &self.path {
-            path.validate().map_err(|e| e.in_field("path"))?;
+            validate_string_match(path).map_err(|e| e.in_field("path"))?;
         }
         for (i, method) in self.methods.iter().enumerate() {
             if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -411,7 +374,9 @@ impl Validate for Match {
                 .in_field("methods"));
             }
         }
-        validate_each("headers", &self.headers)?;
+        for (i, h) in self.headers.iter().enumerate() {
+            validate_header_match(h).map_err(|e| e.in_index(i).in_field("headers"))?;
+        }
         for (i, tenant) in self.tenants.iter().enumerate() {
             if tenant.is_empty() {
                 return Err(ConfigError::new("must not be empty")
@@ -423,35 +388,34 @@ impl Validate for Match {
     }
 }
 
-impl Validate for StringMatch {
-    fn validate(&self) -> Result<(), ConfigError> {
-        let given = [&self.exact, &self.prefix, &self.regex]
-            .iter()
-            .filter(|v| v.is_some())
-            .count();
-        if given != 1 {
-            return Err(ConfigError::new(
-                "needs exactly one of `exact`, `prefix` or `regex`",
-            ));
-        }
-        check_regex(self.regex.as_deref()).map_err(|m| ConfigError::at("regex", m))
+/// A path condition: exactly one of `exact`, `prefix`, `regex`, and a regex that compiles.
+fn validate_string_match(m: &StringMatch) -> Result<(), ConfigError> {
+    let given = [&m.exact, &m.prefix, &m.regex]
+        .iter()
+        .filter(|v| v.is_some())
+        .count();
+    if given != 1 {
+        return Err(ConfigError::new(
+            "needs exactly one of `exact`, `prefix` or `regex`",
+        ));
     }
+    check_regex(m.regex.as_deref()).map_err(|e| ConfigError::at("regex", e))
 }
 
-impl Validate for HeaderMatch {
-    fn validate(&self) -> Result<(), ConfigError> {
-        check_header_name(&self.name).map_err(|m| ConfigError::at("name", m))?;
-        let given = usize::from(self.present.is_some())
-            + usize::from(self.exact.is_some())
-            + usize::from(self.prefix.is_some())
-            + usize::from(self.regex.is_some());
-        if given != 1 {
-            return Err(ConfigError::new(
-                "needs exactly one of `present`, `exact`, `prefix` or `regex`",
-            ));
-        }
-        check_regex(self.regex.as_deref()).map_err(|m| ConfigError::at("regex", m))
+/// A header condition: a lower-case name, exactly one of `present`, `exact`, `prefix`,
+/// `regex`, and a regex that compiles.
+fn validate_header_match(h: &HeaderMatch) -> Result<(), ConfigError> {
+    check_header_name(&h.name).map_err(|e| ConfigError::at("name", e))?;
+    let given = usize::from(h.present.is_some())
+        + usize::from(h.exact.is_some())
+        + usize::from(h.prefix.is_some())
+        + usize::from(h.regex.is_some());
+    if given != 1 {
+        return Err(ConfigError::new(
+            "needs exactly one of `present`, `exact`, `prefix` or `regex`",
+        ));
     }
+    check_regex(h.regex.as_deref()).map_err(|e| ConfigError::at("regex", e))
 }
 
 impl Validate for KeyPart {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 pub use meshguard_filter_common::Duration;
 use meshguard_filter_common::{validate_each, ConfigError, Validate};
+pub use meshguard_filter_common::{HeaderMatch, StringMatch};
 use serde::{Deserialize, Serialize};
 
 /// Default request header that carries the chosen hosts to Envoy's override_host policy.
@@ -199,43 +200,6 @@ pub struct Match {
     /// Every one of these header conditions holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
-}
-
-/// A string condition: exactly one of `exact`, `prefix` or `regex`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[cfg_attr(test, derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct StringMatch {
-    /// Equal to this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exact: Option<String>,
-    /// Starts with this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
-    /// Matches this regular expression (unanchored).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regex: Option<String>,
-}
-
-/// A condition on one request header: exactly one of `present`, `exact`, `prefix`, `regex`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[cfg_attr(test, derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct HeaderMatch {
-    /// The header name (case-insensitive).
-    pub name: String,
-    /// `true`: the header is present; `false`: it is absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub present: Option<bool>,
-    /// The header's value equals this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exact: Option<String>,
-    /// The header's value starts with this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
-    /// The header's value matches this regular expression (unanchored).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regex: Option<String>,
 }
 
 /// A load balancer (core's pickers; see the README for each one's behaviour).
@@ -667,34 +631,14 @@ impl Validate for Match {
             }
         }
         for (i, h) in self.headers.iter().enumerate() {
+            if h.name.is_empty() {
+                return Err(ConfigError::at("name", "must not be empty")
+                    .in_index(i)
+                    .in_field("headers"));
+            }
             h.compile().map_err(|e| e.in_index(i).in_field("headers"))?;
         }
         Ok(())
-    }
-}
-
-impl StringMatch {
-    pub(crate) fn compile(&self) -> Result<meshguard_filter_common::StringMatcher, ConfigError> {
-        meshguard_filter_common::StringMatcher::compile(
-            self.exact.as_deref(),
-            self.prefix.as_deref(),
-            self.regex.as_deref(),
-        )
-    }
-}
-
-impl HeaderMatch {
-    pub(crate) fn compile(&self) -> Result<meshguard_filter_common::HeaderMatcher, ConfigError> {
-        if self.name.is_empty() {
-            return Err(ConfigError::at("name", "must not be empty"));
-        }
-        meshguard_filter_common::HeaderMatcher::compile(
-            &self.name,
-            self.present,
-            self.exact.as_deref(),
-            self.prefix.as_deref(),
-            self.regex.as_deref(),
-        )
     }
 }
 
