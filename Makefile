@@ -51,8 +51,12 @@ envoy:
 	fi
 	@'$(ENVOY)' --version | grep -F '/$(ENVOY_VERSION)/'
 
-wasm: toolchain ## Build the wasm crates (WASM_CRATES, WASM_BARE_CRATES) with profile wasm
+# wasm-trim then removes from each module the exports of the stream callbacks it does not
+# declare (`stream_callbacks!`), so Envoy never enters V8 for them (tools/wasm-trim).
+wasm: toolchain ## Build the wasm crates (WASM_CRATES, WASM_BARE_CRATES) with profile wasm, then trim their exports
 	$(CARGO) build --locked --profile wasm --target $(WASM_TARGET) $(WASM_PKGS)
+	$(CARGO) run --locked --quiet -p meshguard-wasm-trim -- \
+	  $(foreach c,$(WASM_CRATES),"$${CARGO_TARGET_DIR:-$(ROOT)/target}/$(WASM_TARGET)/wasm/$(subst -,_,$(c)).wasm")
 	$(CARGO) build --locked --profile wasm --target $(WASM_BARE_TARGET) \
 	  $(addprefix -p ,$(WASM_BARE_CRATES))
 

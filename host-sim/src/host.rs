@@ -517,7 +517,7 @@ impl std::fmt::Debug for Host {
 
 /// Which export to call, with its arguments.
 #[derive(Clone, Copy, Debug)]
-enum Call {
+pub(crate) enum Call {
     ContextCreate(u32, u32),
     VmStart(u32, u32),
     Configure(u32, u32),
@@ -747,7 +747,9 @@ impl Host {
         if let Some(reason) = &v.failed {
             return Err(format!("VM already failed: {reason}"));
         }
-        self.guest_calls += 1;
+        if v.exports.has(&call) {
+            self.guest_calls += 1;
+        }
         let st = v.store.data_mut();
         st.effective = call.context();
         st.callback = call.callback();
@@ -1603,7 +1605,10 @@ impl Host {
         self.apply_deferred(vm, deferred)
     }
 
-    /// How many times the host has called into a guest export (all VMs).
+    /// How many times the host has entered a guest through a callback export (all VMs): a
+    /// callback the module does not export is answered without entering it, as Envoy does,
+    /// and not counted. Allocations the host makes in the guest are counted by
+    /// [`Host::import_calls`] as `malloc`.
     pub fn guest_calls(&self) -> u64 {
         self.guest_calls
     }

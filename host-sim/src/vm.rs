@@ -227,6 +227,36 @@ pub(crate) struct Exports {
     pub on_grpc_close: Option<F3>,
 }
 
+impl Exports {
+    /// Whether the module exports the callback `call` enters (Envoy skips a missing one
+    /// without entering the VM; `proxy_on_context_create` is required).
+    pub fn has(&self, call: &crate::host::Call) -> bool {
+        use crate::host::Call;
+        match call {
+            Call::ContextCreate(..) => true,
+            Call::VmStart(..) => self.on_vm_start.is_some(),
+            Call::Configure(..) => self.on_configure.is_some(),
+            Call::Tick(..) => self.on_tick.is_some(),
+            Call::QueueReady(..) => self.on_queue_ready.is_some(),
+            Call::RequestHeaders(..) => self.on_request_headers.is_some(),
+            Call::RequestBody(..) => self.on_request_body.is_some(),
+            Call::RequestTrailers(..) => self.on_request_trailers.is_some(),
+            Call::ResponseHeaders(..) => self.on_response_headers.is_some(),
+            Call::ResponseBody(..) => self.on_response_body.is_some(),
+            Call::ResponseTrailers(..) => self.on_response_trailers.is_some(),
+            Call::Log(..) => self.on_log.is_some(),
+            Call::Done(..) => self.on_done.is_some(),
+            Call::Delete(..) => self.on_delete.is_some(),
+            Call::HttpCallResponse(..) => self.on_http_call_response.is_some(),
+            Call::GrpcInitial(..) => self.on_grpc_receive_initial_metadata.is_some(),
+            Call::GrpcReceive(..) => self.on_grpc_receive.is_some(),
+            Call::GrpcTrailing(..) => self.on_grpc_receive_trailing_metadata.is_some(),
+            Call::GrpcClose(..) => self.on_grpc_close.is_some(),
+            Call::Foreign(..) => self.on_foreign_function.is_some(),
+        }
+    }
+}
+
 /// A running VM: its store and exports.
 pub(crate) struct Vm {
     pub store: Store<VmState>,

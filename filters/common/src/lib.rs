@@ -1,7 +1,9 @@
 //! The proxy-wasm glue shared by meshguard filters: config parsing with clear errors, the
 //! config's duration type, compiled request conditions, the shared-data compare-and-swap store,
-//! the clock adapter, metrics, local replies, logging and a one-call header map reader.
+//! the clock adapter, metrics, local replies, logging, a one-call header map reader and the
+//! declaration of the stream callbacks a module implements (`stream_callbacks!`).
 
+mod callbacks;
 mod cas;
 mod clock;
 mod config;

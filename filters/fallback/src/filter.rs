@@ -42,6 +42,18 @@ const NOT_FORWARDED: [&str; 6] = [
 /// Request header Envoy's router reads as the upstream timeout.
 const TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-timeout-ms";
 
+// The stream callbacks this module implements; `make wasm` removes the exports of the others
+// (filters/common/src/callbacks.rs). The response path records outcomes and fills the cache (body, trailers); `log` records a
+// stream that ended without response headers; `done` flushes the root's batched counters.
+meshguard_filter_common::stream_callbacks!(
+    request_headers,
+    response_headers,
+    response_body,
+    response_trailers,
+    log,
+    done
+);
+
 /// Registers the root context; called from `proxy_wasm::main!`.
 pub(crate) fn start() {
     init_logging();

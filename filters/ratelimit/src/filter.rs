@@ -26,6 +26,11 @@ const STATS_PREFIX: &str = "meshguard_ratelimit";
 /// Decisions between two reads of Envoy's log level (it can change at run time).
 const LOG_LEVEL_REFRESH: u32 = 256;
 
+// The stream callbacks this module implements; `make wasm` removes the exports of the others
+// (filters/common/src/callbacks.rs). Request headers decide; response headers carry the quota headers; `done` releases a held
+// stream and flushes the root's batched counters.
+meshguard_filter_common::stream_callbacks!(request_headers, response_headers, done);
+
 /// Registers the root context; called from `proxy_wasm::main!`.
 pub(crate) fn start() {
     init_logging();

@@ -34,6 +34,18 @@ const MAX_RETRIES_HEADER: &str = "x-envoy-max-retries";
 const RETRY_ON_HEADER: &str = "x-envoy-retry-on";
 const PER_TRY_TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-per-try-timeout-ms";
 
+// The stream callbacks this module implements; `make wasm` removes the exports of the others
+// (filters/common/src/callbacks.rs). Request body and trailers are kept for failback resends; response headers record outcomes;
+// `done` ends the picked instance's in-flight count (stream) and
+// flushes the counters and hands the sync lease on (root).
+meshguard_filter_common::stream_callbacks!(
+    request_headers,
+    request_body,
+    request_trailers,
+    response_headers,
+    done
+);
+
 /// Registers the root context; called from `proxy_wasm::main!`.
 pub(crate) fn start() {
     init_logging();

@@ -44,6 +44,18 @@ const CLUSTER_NAME: [&str; 2] = ["xds", "cluster_name"];
 /// The route's name.
 const ROUTE_NAME: [&str; 2] = ["xds", "route_name"];
 
+// The stream callbacks this module implements; `make wasm` removes the exports of the others
+// (filters/common/src/callbacks.rs). Bodies and trailers: Consul registrations (request) and the filtered `catalog/services`
+// answer (response); `done` flushes the root's batched counters.
+meshguard_filter_common::stream_callbacks!(
+    request_headers,
+    request_body,
+    request_trailers,
+    response_headers,
+    response_body,
+    done
+);
+
 /// Registers the root context; called from `proxy_wasm::main!`.
 pub(crate) fn start() {
     init_logging();

@@ -3,6 +3,7 @@
 // Test code: a failed unwrap or panic is how a test reports failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod callbacks;
 mod conformance;
 mod fallback;
 mod fallback_envoy;

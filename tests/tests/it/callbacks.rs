@@ -1,0 +1,143 @@
+//! The stream callbacks each module exports after `make wasm` (tools/wasm-trim): exactly the
+//! ones its `stream_callbacks!` declares, which are exactly the ones it implements. Envoy
+//! enters V8 once per exported callback per stream, so this list is a cost, and a callback the
+//! filter implements but does not declare would silently never run: both show up here.
+
+use host_sim::{Host, LogLevel, Request, Response};
+use meshguard_tests::wasm_artifact;
+use meshguard_wasm_trim::{declared, exports, STREAM_CALLBACKS};
+
+/// The stream callbacks `module` exports (without the `proxy_on_` prefix), sorted.
+fn exported_stream_callbacks(module: &str) -> Vec<String> {
+    let bytes = std::fs::read(wasm_artifact(module).unwrap()).unwrap();
+    let mut out: Vec<String> = exports(&bytes)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| e.strip_prefix("proxy_on_").map(str::to_string))
+        .filter(|cb| STREAM_CALLBACKS.contains(&cb.as_str()))
+        .collect();
+    out.sort();
+    out
+}
+
+fn sorted(names: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+/// Each filter's implemented callbacks (every `on_*` override of its stream and root contexts
+/// that Envoy calls per stream), as read in its source: a change to a filter's callbacks must
+/// change this table, its declaration and the module together.
+const IMPLEMENTED: &[(&str, &[&str])] = &[
+    (
+        "meshguard_ratelimit",
+        &["request_headers", "response_headers", "done"],
+    ),
+    (
+        "meshguard_fallback",
+        &[
+            "request_headers",
+            "response_headers",
+            "response_body",
+            "response_trailers",
+            "log",
+            "done",
+        ],
+    ),
+    (
+        "meshguard_tenant",
+        &[
+            "request_headers",
+            "request_body",
+            "request_trailers",
+            "response_headers",
+            "response_body",
+            "done",
+        ],
+    ),
+    (
+        "meshguard_router",
+        &[
+            "request_headers",
+            "request_body",
+            "request_trailers",
+            "response_headers",
+            "done",
+        ],
+    ),
+    ("fixture_noop", &[]),
+];
+
+#[test]
+fn every_filter_exports_exactly_the_stream_callbacks_it_implements() {
+    for (module, implemented) in IMPLEMENTED {
+        let bytes = std::fs::read(wasm_artifact(module).unwrap()).unwrap();
+        let mut decl = declared(&bytes)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{module} declares no stream callbacks"));
+        decl.sort();
+        assert_eq!(decl, sorted(implemented), "{module}: declaration");
+        assert_eq!(
+            exported_stream_callbacks(module),
+            sorted(implemented),
+            "{module}: exports (a module with every callback exported was built without \
+             `make wasm`'s trim step)"
+        );
+    }
+}
+
+/// Modules that declare nothing keep the SDK's full set (the conformance fixture exercises
+/// every callback).
+#[test]
+fn an_undeclared_module_keeps_every_sdk_callback() {
+    let bytes = std::fs::read(wasm_artifact("fixture_conformance").unwrap()).unwrap();
+    assert_eq!(declared(&bytes).unwrap(), None);
+    let exported = exported_stream_callbacks("fixture_conformance");
+    for cb in ["request_headers", "response_body", "log", "done"] {
+        assert!(exported.iter().any(|e| e == cb), "{cb} in {exported:?}");
+    }
+}
+
+/// Callbacks entered per request (host-sim counts only exported ones, as Envoy enters only
+/// those): context create and delete always, then what the filter declares and the request
+/// reaches. A GET answered with a body: the SDK's full set enters 8 times (create, request
+/// headers, response headers, the body chunk and the empty end-of-stream frame Envoy's
+/// HTTP/1 codec sends after it, log, done, delete).
+#[test]
+fn requests_enter_the_vm_only_for_declared_callbacks() {
+    let cases: &[(&str, &str, u64)] = &[
+        ("fixture_noop", "", 2),
+        (
+            "meshguard_ratelimit",
+            r#"{"rules":[{"name":"r","limits":[{"algorithm":"token_bucket","requests":1000,"per":"1s"}]}]}"#,
+            5,
+        ),
+        (
+            "meshguard_fallback",
+            r#"{"breakers":[{"name":"b","trip":{"consecutive_failures":5},"open":{"duration":"5s"},"fallback":{"fail_fast":{}}}]}"#,
+            8,
+        ),
+        ("fixture_conformance", "", 8),
+    ];
+    for (module, config, per_request) in cases {
+        let mut host = Host::builder(&crate::support::module(module))
+            .plugin_config(*config)
+            .workers(1)
+            .log_level(LogLevel::Warn)
+            .build()
+            .unwrap();
+        assert!(host.configure().unwrap(), "{module}");
+        host.set_upstream(|_| Response::new(200).body("ok"));
+        let before = host.guest_calls();
+        for _ in 0..10 {
+            let s = host.send(0, Request::get("/x")).unwrap();
+            assert_eq!(host.stream(s).unwrap().status(), Some(200), "{module}");
+        }
+        assert_eq!(
+            host.guest_calls() - before,
+            10 * per_request,
+            "{module}: entries per request"
+        );
+    }
+}
