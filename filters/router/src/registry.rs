@@ -26,6 +26,12 @@ use crate::config::Config;
 pub const TENANTS_KEY: &str = "meshguard.registry.service_tenants.v1";
 /// Shared-data key of the space-separated sync scopes that contributed a tenant-map part.
 const TENANT_SCOPES_KEY: &str = "meshguard.registry.service_tenants.v1.scopes";
+/// How long after its lease lapsed a sync scope's part of the tenant map still counts. A scope
+/// whose lease nobody renews is a router configuration that is gone (removed, or replaced by
+/// one with other services): its services leave the map `lease_ttl` + this after the last VM
+/// that synced it stopped. The grace covers a takeover after a crash (the next VM claims a
+/// lapsed lease on its next tick) and a reload (the old VM releases, the new one claims).
+pub const SCOPE_GRACE_NS: u64 = 60_000_000_000;
 /// CAS retries of the lease, status and list writes (one writer at a time by the lease, so
 /// conflicts are rare: a takeover racing a renewal).
 const CAS_RETRIES: u32 = 8;
@@ -386,12 +392,18 @@ impl Lease {
         result.unwrap_or(LeaseOutcome::HeldBy(0))
     }
 
-    /// Gives the lease up if `me` holds it (on shutdown), so another VM need not wait.
+    /// Gives the lease up if `me` holds it (on shutdown), so another VM need not wait. The
+    /// expiry stays: until it (plus [`SCOPE_GRACE_NS`]) passes, the scope still counts as live
+    /// for the tenant map, so a reload does not drop its services in between.
     pub fn release(store: &dyn CasStore, key: &str, me: u64) {
         let _ = update(store, key, CAS_RETRIES, |current| {
             let lease = current.and_then(Self::decode).unwrap_or_default();
             if lease.owner == me {
-                ((), Self::default().encode())
+                let released = Self {
+                    owner: 0,
+                    expires_at: lease.expires_at,
+                };
+                ((), released.encode())
             } else {
                 ((), current.unwrap_or_default().to_vec())
             }
@@ -414,11 +426,13 @@ pub fn publish_list(store: &dyn CasStore, key: &str, list: &ServiceList) -> (boo
 /// Rebuilds `scope`'s part of the service → tenant map from its published lists of
 /// `services` and, when the part changed, the merged map the tenant filter reads: the union
 /// of every scope's part, leaving out a service two parts give different tenants. Returns
-/// whether the merged map was written.
+/// whether the merged map was written. Parts of scopes that are gone (see
+/// [`SCOPE_GRACE_NS`]) are left out at `now`.
 pub fn publish_tenants<'a>(
     store: &dyn CasStore,
     scope: &str,
     services: impl IntoIterator<Item = &'a str>,
+    now: u64,
 ) -> bool {
     let mut part = BTreeMap::new();
     for service in services {
@@ -450,21 +464,73 @@ pub fn publish_tenants<'a>(
     if !changed && store.get(TENANTS_KEY).is_some() {
         return false;
     }
-    merge_tenants(store)
+    merge_tenants(store, now)
+}
+
+/// Drops the tenant-map parts of scopes that are gone at `now` (their lease lapsed more than
+/// [`SCOPE_GRACE_NS`] ago) and rewrites the merged map if that changed it; returns whether it
+/// wrote. Run by each lease holder on its tick: a removed configuration has no VM left to
+/// clean up after it. A few reads per scope; the map is written only when it changes.
+pub fn refresh_tenants(store: &dyn CasStore, now: u64) -> bool {
+    let scopes = tenant_scopes(store);
+    let dead: Vec<&str> = scopes
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !scope_alive(store, s, now))
+        .collect();
+    if !dead.is_empty() {
+        let _ = update(store, TENANT_SCOPES_KEY, CAS_RETRIES, |current| {
+            let text = current
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .unwrap_or("");
+            let kept: Vec<&str> = text
+                .split(' ')
+                .filter(|s| !s.is_empty() && !dead.contains(s))
+                .collect();
+            ((), kept.join(" ").into_bytes())
+        });
+        for scope in &dead {
+            let _ = update(store, &tenants_part_key(scope), CAS_RETRIES, |_| {
+                ((), b"{}".to_vec())
+            });
+        }
+    }
+    merge_tenants(store, now)
+}
+
+/// The scopes that contributed a tenant-map part.
+fn tenant_scopes(store: &dyn CasStore) -> Vec<String> {
+    store
+        .get(TENANT_SCOPES_KEY)
+        .and_then(|(v, _)| String::from_utf8(v).ok())
+        .unwrap_or_default()
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether `scope` is still synced by some VM at `now`: its lease was renewed (or released)
+/// less than [`SCOPE_GRACE_NS`] before it lapsed. A scope without a readable lease is gone.
+fn scope_alive(store: &dyn CasStore, scope: &str, now: u64) -> bool {
+    store
+        .get(&lease_key(scope))
+        .and_then(|(v, _)| Lease::decode(&v))
+        .is_some_and(|l| now < l.expires_at.saturating_add(SCOPE_GRACE_NS))
 }
 
 /// Writes the merged tenant map from every scope's part (see [`publish_tenants`]), then reads
 /// the parts again and rewrites while they changed meanwhile (another scope's VM merging at
 /// the same time on another worker thread), at most [`CAS_RETRIES`] times.
-fn merge_tenants(store: &dyn CasStore) -> bool {
+fn merge_tenants(store: &dyn CasStore, now: u64) -> bool {
     let mut wrote = false;
-    let mut value = merged_tenants(store);
+    let mut value = merged_tenants(store, now);
     for _ in 0..CAS_RETRIES {
         wrote |= update(store, TENANTS_KEY, CAS_RETRIES, |current| {
             (current != Some(value.as_slice()), value.clone())
         })
         .unwrap_or(false);
-        let again = merged_tenants(store);
+        let again = merged_tenants(store, now);
         if again == value {
             break;
         }
@@ -473,14 +539,14 @@ fn merge_tenants(store: &dyn CasStore) -> bool {
     wrote
 }
 
-/// The merged tenant map (JSON) from every scope's part.
-fn merged_tenants(store: &dyn CasStore) -> Vec<u8> {
-    let scopes = store
-        .get(TENANT_SCOPES_KEY)
-        .and_then(|(v, _)| String::from_utf8(v).ok())
-        .unwrap_or_default();
+/// The merged tenant map (JSON) from the part of every scope still alive at `now`.
+fn merged_tenants(store: &dyn CasStore, now: u64) -> Vec<u8> {
     let mut merged: BTreeMap<String, Option<String>> = BTreeMap::new();
-    for scope in scopes.split(' ').filter(|s| !s.is_empty()) {
+    for scope in tenant_scopes(store) {
+        let scope = scope.as_str();
+        if !scope_alive(store, scope, now) {
+            continue;
+        }
         let part: BTreeMap<String, String> = store
             .get(&tenants_part_key(scope))
             .and_then(|(v, _)| serde_json::from_slice(&v).ok())
@@ -508,6 +574,8 @@ mod tests {
     use meshguard_filter_common::MemoryStore;
 
     use super::*;
+
+    const SEC: u64 = 1_000_000_000;
 
     fn list() -> ServiceList {
         ServiceList {
@@ -585,9 +653,11 @@ mod tests {
         let (_, cas) = store.get(&list_key("s", "orders")).unwrap();
         assert!(!publish_list(&store, &list_key("s", "orders"), &list()).0);
         assert_eq!(store.get(&list_key("s", "orders")).unwrap().1, cas);
-        assert!(publish_tenants(&store, "s", ["orders", "users"]));
+        // Only a lease holder publishes.
+        Lease::acquire(&store, &lease_key("s"), 1, 0, SEC);
+        assert!(publish_tenants(&store, "s", ["orders", "users"], 0));
         assert_eq!(store.get(TENANTS_KEY).unwrap().0, br#"{"orders":"acme"}"#);
-        assert!(!publish_tenants(&store, "s", ["orders", "users"]));
+        assert!(!publish_tenants(&store, "s", ["orders", "users"], 0));
     }
 
     #[test]
@@ -718,21 +788,80 @@ mod tests {
             tenant: Some(tenant.into()),
             instances: vec![Instance::try_new("n/a", "10.0.0.1", 1, 1).unwrap()],
         };
+        Lease::acquire(&store, &lease_key("a"), 1, 0, SEC);
+        Lease::acquire(&store, &lease_key("b"), 2, 0, SEC);
         publish_list(&store, &list_key("a", "orders"), &list("acme"));
         publish_list(&store, &list_key("a", "users"), &list("acme"));
         publish_list(&store, &list_key("b", "users"), &list("acme"));
         publish_list(&store, &list_key("b", "billing"), &list("globex"));
-        assert!(publish_tenants(&store, "a", ["orders", "users"]));
-        assert!(publish_tenants(&store, "b", ["users", "billing"]));
+        assert!(publish_tenants(&store, "a", ["orders", "users"], 0));
+        assert!(publish_tenants(&store, "b", ["users", "billing"], 0));
         assert_eq!(
             store.get(TENANTS_KEY).unwrap().0,
             br#"{"billing":"globex","orders":"acme","users":"acme"}"#
         );
         publish_list(&store, &list_key("b", "users"), &list("globex"));
-        assert!(publish_tenants(&store, "b", ["users", "billing"]));
+        assert!(publish_tenants(&store, "b", ["users", "billing"], 0));
         assert_eq!(
             store.get(TENANTS_KEY).unwrap().0,
             br#"{"billing":"globex","orders":"acme"}"#
         );
+    }
+
+    /// A configuration that is gone (no VM renews its scope's lease) must not keep its services
+    /// in the tenant map: a service it listed may have moved to another tenant since, and the
+    /// tenant filter would go on trusting the old owner. A reload (the old VM releases, the new
+    /// one claims a tick later) and a takeover after a crash must not drop them in between.
+    #[test]
+    fn a_scope_nobody_syncs_any_more_leaves_the_tenant_map_after_the_grace() {
+        let store = MemoryStore::new();
+        let list = |tenant: &str| ServiceList {
+            tenant: Some(tenant.into()),
+            instances: vec![Instance::try_new("n/a", "10.0.0.1", 1, 1).unwrap()],
+        };
+        let ttl = 10 * SEC;
+        Lease::acquire(&store, &lease_key("old"), 1, 0, ttl);
+        Lease::acquire(&store, &lease_key("new"), 2, 0, ttl);
+        publish_list(&store, &list_key("old", "legacy"), &list("acme"));
+        publish_list(&store, &list_key("old", "orders"), &list("acme"));
+        publish_list(&store, &list_key("new", "orders"), &list("acme"));
+        publish_tenants(&store, "old", ["legacy", "orders"], 0);
+        publish_tenants(&store, "new", ["orders"], 0);
+        let map =
+            |store: &MemoryStore| String::from_utf8(store.get(TENANTS_KEY).unwrap().0).unwrap();
+        assert_eq!(map(&store), r#"{"legacy":"acme","orders":"acme"}"#);
+        // The old configuration's VM shuts down (releases); "new" keeps renewing.
+        Lease::release(&store, &lease_key("old"), 1);
+        let mut now = 0;
+        while now < ttl + SCOPE_GRACE_NS - SEC {
+            now += SEC;
+            Lease::acquire(&store, &lease_key("new"), 2, now, ttl);
+            assert!(!refresh_tenants(&store, now), "dropped early at {now}");
+        }
+        assert_eq!(map(&store), r#"{"legacy":"acme","orders":"acme"}"#);
+        now += 2 * SEC;
+        Lease::acquire(&store, &lease_key("new"), 2, now, ttl);
+        assert!(refresh_tenants(&store, now));
+        assert_eq!(map(&store), r#"{"orders":"acme"}"#);
+        assert_eq!(store.get(TENANT_SCOPES_KEY).unwrap().0, b"new");
+        // The old configuration comes back: its VM claims the lease and publishes again.
+        Lease::acquire(&store, &lease_key("old"), 3, now, ttl);
+        assert!(publish_tenants(&store, "old", ["legacy", "orders"], now));
+        assert_eq!(map(&store), r#"{"legacy":"acme","orders":"acme"}"#);
+        // A crashed holder (no release): its lease lapses, another VM takes over within the
+        // grace, and nothing left the map meanwhile.
+        let crash = now;
+        now = crash + ttl + SEC;
+        assert!(!refresh_tenants(&store, now));
+        assert_eq!(
+            Lease::acquire(&store, &lease_key("old"), 4, now, ttl),
+            LeaseOutcome::TookOver { from: 3 }
+        );
+        Lease::acquire(&store, &lease_key("new"), 2, now, ttl);
+        now += SEC;
+        Lease::acquire(&store, &lease_key("old"), 4, now, ttl);
+        Lease::acquire(&store, &lease_key("new"), 2, now, ttl);
+        assert!(!refresh_tenants(&store, now));
+        assert_eq!(map(&store), r#"{"legacy":"acme","orders":"acme"}"#);
     }
 }

@@ -19,7 +19,8 @@ use meshguard_filter_common::CasStore;
 use crate::config::Config;
 use crate::registry::{
     agreed, dc_list_key, dc_status_key, lease_key, list_key, merge_lists, publish_list,
-    publish_tenants, status_key, sync_scope, Lease, LeaseOutcome, ServiceList, SyncStatus,
+    publish_tenants, refresh_tenants, status_key, sync_scope, Lease, LeaseOutcome, ServiceList,
+    SyncStatus,
 };
 
 /// One service's watch (in one datacenter) in the polling VM.
@@ -254,6 +255,11 @@ impl Syncer {
             }
         }
         self.holding = holding;
+        if holding {
+            // Parts of configurations that are gone leave the tenant map (no VM of theirs is
+            // left to do it).
+            refresh_tenants(store, now);
+        }
         outcome
     }
 
@@ -443,7 +449,12 @@ impl Syncer {
                                 changed = merge_lists(store, &w.service_list_key, &w.merge_from);
                             }
                             if changed {
-                                publish_tenants(store, scope, names.iter().map(String::as_str));
+                                publish_tenants(
+                                    store,
+                                    scope,
+                                    names.iter().map(String::as_str),
+                                    now,
+                                );
                                 Answer::Changed { instances: count }
                             } else {
                                 Answer::Unchanged
@@ -476,7 +487,12 @@ impl Syncer {
                                 && publish_list(store, &w.list_key, &empty).0
                                 && merge_lists(store, &w.service_list_key, &w.merge_from)
                             {
-                                publish_tenants(store, scope, names.iter().map(String::as_str));
+                                publish_tenants(
+                                    store,
+                                    scope,
+                                    names.iter().map(String::as_str),
+                                    now,
+                                );
                                 Answer::Changed { instances: 0 }
                             } else {
                                 Answer::Empty(e.to_string())

@@ -982,3 +982,49 @@ fn another_configuration_in_the_vm_id_neither_blocks_the_sync_nor_loses_its_tena
     );
     assert_eq!(first_hosts(&mut host, 1), ["10.0.0.1:8001"]);
 }
+
+/// A router configuration that is gone (its last VM released the lease long ago and nobody
+/// renews it: removed, or replaced by one with other services) must not keep its services in
+/// the tenant map: a service it listed may have moved to another tenant since. The next lease
+/// holder's tick drops its part (after `lease_ttl` + 60 s of grace, see the README).
+#[test]
+fn a_configuration_nobody_syncs_any_more_leaves_the_tenant_map() {
+    let mut host = host("");
+    let gone = "00000000deadbeef";
+    host.set_shared_data(&format!("meshguard.router.v1.{gone}.lease"), b"0 1");
+    host.set_shared_data(
+        &format!("meshguard.registry.service_tenants.v1.{gone}"),
+        br#"{"legacy":"acme","users":"globex"}"#,
+    );
+    host.set_shared_data("meshguard.registry.service_tenants.v1.scopes", gone.as_bytes());
+    host.set_shared_data(
+        "meshguard.registry.service_tenants.v1",
+        br#"{"legacy":"acme","users":"globex"}"#,
+    );
+    host.advance(SEC).unwrap();
+    let tenants = |host: &Host| {
+        String::from_utf8(
+            host.shared_data("meshguard.registry.service_tenants.v1")
+                .unwrap()
+                .0,
+        )
+        .unwrap()
+    };
+    assert_eq!(tenants(&host), "{}", "dropped on the holder's first tick");
+    let q = query(&host);
+    host.respond_http_call(q.id, consul_ok(10, &health(&[8001])))
+        .unwrap();
+    assert_eq!(tenants(&host), r#"{"orders":"acme"}"#);
+    assert_eq!(
+        host.shared_data("meshguard.registry.service_tenants.v1.scopes")
+            .unwrap()
+            .0,
+        host.shared_data_keys()
+            .iter()
+            .find_map(|k| k
+                .strip_prefix("meshguard.registry.service_tenants.v1.")
+                .filter(|s| s.len() == 16 && *s != gone))
+            .unwrap()
+            .as_bytes()
+    );
+}
