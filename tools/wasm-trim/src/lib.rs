@@ -403,7 +403,11 @@ mod tests {
         // Only the export section changed: every other section is byte for byte the same.
         // (The real modules trimmed by `make wasm` are loaded and run by host-sim and Envoy
         // in tests/tests/it/callbacks.rs and every filter test.)
-        for (a, b) in sections(&t).unwrap().iter().zip(sections(&m).unwrap().iter()) {
+        for (a, b) in sections(&t)
+            .unwrap()
+            .iter()
+            .zip(sections(&m).unwrap().iter())
+        {
             assert_eq!(a.id, b.id);
             if a.id != EXPORT {
                 assert_eq!(a.payload, b.payload);

@@ -996,7 +996,10 @@ fn a_configuration_nobody_syncs_any_more_leaves_the_tenant_map() {
         &format!("meshguard.registry.service_tenants.v1.{gone}"),
         br#"{"legacy":"acme","users":"globex"}"#,
     );
-    host.set_shared_data("meshguard.registry.service_tenants.v1.scopes", gone.as_bytes());
+    host.set_shared_data(
+        "meshguard.registry.service_tenants.v1.scopes",
+        gone.as_bytes(),
+    );
     host.set_shared_data(
         "meshguard.registry.service_tenants.v1",
         br#"{"legacy":"acme","users":"globex"}"#,
