@@ -13,7 +13,7 @@ ENVOY := $(ENVOY_DIR)/envoy/_bin/envoy
 
 WASM_TARGET := wasm32-wasip1
 # Every crate built into a .wasm module (target/wasm32-wasip1/wasm/<crate>.wasm).
-WASM_CRATES := fixture-conformance fixture-minimal fixture-noop meshguard-ratelimit meshguard-fallback \
+WASM_CRATES := fixture-conformance fixture-minimal fixture-noop fixture-hostcall meshguard-ratelimit meshguard-fallback \
   meshguard-tenant meshguard-router
 WASM_PKGS := $(addprefix -p ,$(WASM_CRATES))
 # Crates also built for wasm32-unknown-unknown, so host-sim proves it loads modules that import

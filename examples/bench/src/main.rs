@@ -119,6 +119,48 @@ fn variants(upstream_port: u16, args: &Args, backends: &router::Backends) -> Res
         .collect())
 }
 
+const NOOP: &str = "wasm noop (proxy-wasm floor: context create + delete)";
+const NOOP_UNTRIMMED: &str = "wasm noop, every SDK callback exported (untrimmed)";
+/// Host calls per request in the host-call cost variants.
+const HOST_CALL_TIMES: u32 = 4;
+const HOST_CALL_NONE: &str = "host call: none (request headers entered)";
+/// `fixture_hostcall`'s call names and their variants.
+const HOST_CALLS: &[(&str, &str)] = &[
+    ("none", HOST_CALL_NONE),
+    ("clock", "host call: clock ×4"),
+    ("header", "host call: header value ×4"),
+    ("header_map_pairs", "host call: header map pairs ×4"),
+    ("property", "host call: property source.address ×4"),
+    ("shared_data", "host call: shared data (64 B) ×4"),
+    ("set_header", "host call: replace request header ×4"),
+    ("metric", "host call: increment metric ×4"),
+];
+
+/// Envoy CPU per host call and per callback entry, from the variants of this run: a call is
+/// (its ×4 variant − the variant without calls) / 4; an entry is (the untrimmed no-op, which
+/// Envoy enters 8 times per request, − the trimmed one, entered twice) / 6.
+fn host_call_costs(results: &[Measured]) -> Vec<(String, f64)> {
+    let cpu = |name: &str| results.iter().find(|r| r.name == name).map(|r| r.cpu_us);
+    let mut out = Vec::new();
+    if let (Some(all), Some(none)) = (cpu(NOOP_UNTRIMMED), cpu(NOOP)) {
+        out.push((
+            "callback entry (no host call)".to_string(),
+            (all - none) / 6.0,
+        ));
+    }
+    if let Some(none) = cpu(HOST_CALL_NONE) {
+        for (_, name) in HOST_CALLS.iter().skip(1) {
+            if let Some(c) = cpu(name) {
+                let label = name
+                    .trim_start_matches("host call: ")
+                    .trim_end_matches(" ×4");
+                out.push((label.to_string(), (c - none) / f64::from(HOST_CALL_TIMES)));
+            }
+        }
+    }
+    out
+}
+
 /// The first variant: every ratio's "none" baseline.
 const NO_FILTER: &str = "envoy, no filter";
 
@@ -161,18 +203,18 @@ fn all_variants(
                 .concurrency(concurrency),
         },
         Variant {
-            name: "wasm noop (proxy-wasm floor: context create + delete)",
+            name: NOOP,
             compare_with: None,
             config: base().wasm_filter(WasmFilter::new("noop", &noop)),
         },
         Variant {
-            name: "wasm noop, every SDK callback exported (untrimmed)",
-            compare_with: Some("wasm noop (proxy-wasm floor: context create + delete)"),
+            name: NOOP_UNTRIMMED,
+            compare_with: Some(NOOP),
             config: base().wasm_filter(WasmFilter::new("noop", untrimmed(&noop)?)),
         },
         Variant {
             name: "wasm fixture_minimal (every SDK callback, 2 host calls)",
-            compare_with: Some("wasm noop (proxy-wasm floor: context create + delete)"),
+            compare_with: Some(NOOP),
             config: base().wasm_filter(WasmFilter::new("minimal", minimal)),
         },
     ];
@@ -221,6 +263,21 @@ fn all_variants(
                 WasmFilter::new("ratelimit", &ratelimit)
                     .configuration(config(100, r#","ratelimit_headers":"never""#)),
             ),
+        });
+    }
+    // What each kind of host call costs in Envoy's V8: the same request with four calls of
+    // one kind, against none (see `host_call_costs`).
+    let hostcall = wasm_artifact("fixture_hostcall")?;
+    for (call, name) in HOST_CALLS {
+        out.push(Variant {
+            name,
+            compare_with: (*call != "none").then_some(HOST_CALL_NONE),
+            config: base().wasm_filter(WasmFilter::new("hostcall", &hostcall).configuration(
+                format!(
+                    "{call} {}",
+                    if *call == "none" { 0 } else { HOST_CALL_TIMES }
+                ),
+            )),
         });
     }
     for (name, compare_with, config) in tenant::variants(base)?
@@ -434,6 +491,13 @@ fn main() -> Result<()> {
             "cpu_us_per_request": m.cpu_us,
             "cpu_vs_native": native.map(|n| m.cpu_us / n.cpu_us),
         }));
+    }
+    let costs = host_call_costs(&results);
+    if !costs.is_empty() {
+        println!("\nEnvoy CPU per host call and per callback entry (this run; noise ±0.2 us):");
+        for (what, us) in &costs {
+            println!("  {what:<40} {us:>6.2} us");
+        }
     }
     println!("{}", serde_json::Value::Array(json));
     drop(upstream);

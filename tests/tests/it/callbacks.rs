@@ -67,6 +67,7 @@ const IMPLEMENTED: &[(&str, &[&str])] = &[
         ],
     ),
     ("fixture_noop", &[]),
+    ("fixture_hostcall", &["request_headers"]),
 ];
 
 #[test]
@@ -140,4 +141,55 @@ fn requests_enter_the_vm_only_for_declared_callbacks() {
             "{module}: entries per request"
         );
     }
+}
+
+/// The benchmark's host-call fixture makes exactly the calls it is configured for (else the
+/// per-call costs `make bench` derives from it would be wrong), and refuses a call it does not
+/// know.
+#[test]
+fn the_host_call_fixture_makes_exactly_the_configured_calls() {
+    let cases: &[(&str, &[(&str, u64)])] = &[
+        ("none 0", &[]),
+        ("clock 4", &[("proxy_get_current_time_nanoseconds", 4)]),
+        (
+            "header 4",
+            &[("proxy_get_header_map_value", 4), ("malloc", 4)],
+        ),
+        (
+            "header_map_pairs 4",
+            &[("proxy_get_header_map_pairs", 4), ("malloc", 4)],
+        ),
+        ("property 4", &[("proxy_get_property", 4), ("malloc", 4)]),
+        (
+            "shared_data 4",
+            &[("proxy_get_shared_data", 4), ("malloc", 4)],
+        ),
+        ("set_header 4", &[("proxy_replace_header_map_value", 4)]),
+        ("metric 4", &[("proxy_increment_metric", 4)]),
+    ];
+    for (config, expected) in cases {
+        let mut host = Host::builder(&crate::support::module("fixture_hostcall"))
+            .plugin_config(*config)
+            .workers(1)
+            .log_level(LogLevel::Warn)
+            .build()
+            .unwrap();
+        assert!(host.configure().unwrap(), "{config}");
+        host.set_upstream(|_| Response::new(200));
+        let calls = crate::support::host_calls_during(&mut host, |h| {
+            let s = h
+                .send(0, Request::get("/x").header(":authority", "example"))
+                .unwrap();
+            assert_eq!(h.stream(s).unwrap().status(), Some(200));
+        });
+        let expected: std::collections::BTreeMap<String, u64> =
+            expected.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        assert_eq!(calls, expected, "{config}");
+    }
+    let mut host = Host::builder(&crate::support::module("fixture_hostcall"))
+        .plugin_config("header_pairs 4")
+        .workers(1)
+        .build()
+        .unwrap();
+    assert!(!host.configure().unwrap(), "an unknown call is refused");
 }
