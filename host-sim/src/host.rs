@@ -399,6 +399,8 @@ impl HostBuilder {
             upstream: Box::new(|_| Response::ok()),
             configured: false,
             guest_calls: 0,
+            guest_instructions: 0,
+            instructions_by_callback: BTreeMap::new(),
             base_vm: self.base_vm,
         })
     }
@@ -501,6 +503,9 @@ pub struct Host {
     upstream: Upstream,
     configured: bool,
     guest_calls: u64,
+    /// Wasm instructions (fuel) the guests ran in callbacks, allocations included.
+    guest_instructions: u64,
+    instructions_by_callback: BTreeMap<&'static str, u64>,
     /// VM 0 is Envoy's base VM (see [`HostBuilder::base_vm`]).
     base_vm: bool,
 }
@@ -786,6 +791,14 @@ impl Host {
             Call::GrpcClose(c, t, n) => opt3(&e.on_grpc_close, s, (c, t, n)),
             Call::Foreign(c, f, n) => opt3(&e.on_foreign_function, s, (c, f, n)),
         };
+        if let Ok(left) = v.store.get_fuel() {
+            let used = self.fuel.saturating_sub(left);
+            self.guest_instructions += used;
+            *self
+                .instructions_by_callback
+                .entry(call.name())
+                .or_default() += used;
+        }
         let st = v.store.data_mut();
         st.callback = Callback::None;
         st.call = CallData::default();
@@ -1611,6 +1624,18 @@ impl Host {
     /// [`Host::import_calls`] as `malloc`.
     pub fn guest_calls(&self) -> u64 {
         self.guest_calls
+    }
+
+    /// Wasm instructions the guests (all VMs) have run in callbacks since the host started,
+    /// counted by wasmtime's fuel (allocations the host makes in a guest included): the
+    /// filter's own work, deterministic, without the host's cost.
+    pub fn guest_instructions(&self) -> u64 {
+        self.guest_instructions
+    }
+
+    /// [`Host::guest_instructions`] by callback export (`proxy_on_request_headers`...).
+    pub fn guest_instructions_by_callback(&self) -> BTreeMap<&'static str, u64> {
+        self.instructions_by_callback.clone()
     }
 
     /// How many times the guests (all VMs) called each host function since the host started,

@@ -298,6 +298,18 @@ impl BreakerState {
         out
     }
 
+    /// The phase of an encoded state without decoding the rest (one byte; a hot path reads it
+    /// after every update). `None` for bytes [`from_bytes`](Self::from_bytes) would reject for
+    /// their length, tag or phase.
+    pub fn phase_of_bytes(bytes: &[u8]) -> Option<BreakerPhase> {
+        match bytes {
+            [TAG_BREAKER, phase, ..] if bytes.len() == Self::LEN => {
+                BreakerPhase::from_byte(*phase).ok()
+            }
+            _ => None,
+        }
+    }
+
     /// Decodes bytes written by [`BreakerState::to_bytes`]: a wrong length, tag, phase or
     /// window kind is an error, never a panic. Padding bytes are ignored.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, BreakerStateError> {

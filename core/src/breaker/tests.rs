@@ -413,7 +413,12 @@ fn state_bytes_round_trip_and_bad_bytes_are_errors() {
         .unwrap();
     let (_, st) = feed(&b, b.initial_state(), 5 * SEC, &[ok(), bad()]);
     assert_eq!(BreakerState::from_bytes(&st.to_bytes()), Ok(st));
+    assert_eq!(
+        BreakerState::phase_of_bytes(&st.to_bytes()),
+        Some(st.phase())
+    );
     assert_eq!(BreakerState::LEN, 159);
+    assert_eq!(BreakerState::phase_of_bytes(&[0x61]), None);
     assert_eq!(
         BreakerState::from_bytes(&[0x61]),
         Err(BreakerStateError::Length {
@@ -422,7 +427,13 @@ fn state_bytes_round_trip_and_bad_bytes_are_errors() {
         })
     );
     let mut bytes = st.to_bytes();
+    for phase in 0..=4 {
+        bytes[1] = phase;
+        let decoded = BreakerState::from_bytes(&bytes).map(|s| s.phase());
+        assert_eq!(BreakerState::phase_of_bytes(&bytes), decoded.ok());
+    }
     bytes[1] = 9;
+    assert_eq!(BreakerState::phase_of_bytes(&bytes), None);
     assert_eq!(
         BreakerState::from_bytes(&bytes),
         Err(BreakerStateError::Field {

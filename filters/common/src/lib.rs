@@ -19,7 +19,7 @@ pub use crate::{
     clock::WallClock,
     config::{parse_config, parse_duration, validate_each, ConfigError, Validate},
     duration::Duration,
-    headers::HeaderMap,
+    headers::{request_header, response_header, HeaderMap},
     logging::{init_logging, install_panic_hook, sync_log_level},
     matching::{HeaderMatch, HeaderMatcher, StringMatch, StringMatcher},
     metrics::{BatchedCounter, Counter, Gauge},

@@ -245,7 +245,7 @@ impl Compiled {
 }
 
 fn phase_of(bytes: &[u8]) -> BreakerPhase {
-    BreakerState::from_bytes(bytes).map_or(BreakerPhase::Closed, |s| s.phase())
+    BreakerState::phase_of_bytes(bytes).unwrap_or(BreakerPhase::Closed)
 }
 
 /// Envoy's response code details (`response.code_details`) that say why no usable upstream

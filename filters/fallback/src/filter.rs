@@ -15,7 +15,7 @@ use meshguard_filter_common::{
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, MapType};
+use proxy_wasm::types::{Action, ContextType};
 
 use crate::cache::{self, Entry};
 use crate::config::{CacheFallback, Config, Fallback, ServiceFallback};
@@ -264,9 +264,8 @@ struct HostRequest;
 
 impl RequestHeaders for HostRequest {
     fn header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+        // Never the SDK's `String` reader: it traps on a value that is not UTF-8.
+        meshguard_filter_common::request_header(name)
     }
 
     fn cluster(&self) -> Option<String> {
@@ -570,7 +569,8 @@ impl HttpContext for Stream {
         };
         self.index = Some(index);
         if b.has_service {
-            self.request_headers = self.get_http_request_headers();
+            // Lossy, never the SDK's reader (it traps on a value that is not UTF-8).
+            self.request_headers = HeaderMap::request_headers().to_vec();
         }
         if b.cache.is_some() {
             self.cache_key = cache::request_key(
@@ -679,7 +679,7 @@ impl HttpContext for Stream {
         };
         if kind == OutcomeKind::Success
             && self.cache_key.is_some()
-            && cache::cacheable(status, header("cache-control"))
+            && cache::cacheable(status, header("cache-control").as_deref())
             && b.cache.as_ref().is_some_and(fits)
         {
             let headers = cache::stored_headers(headers.to_vec());

@@ -14,7 +14,7 @@ use meshguard_filter_common::{
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, MapType};
+use proxy_wasm::types::{Action, ContextType};
 
 use crate::config::Config;
 use crate::delay::{DelayQueue, Timer};
@@ -275,9 +275,8 @@ struct HostRequest;
 
 impl RequestAttributes for HostRequest {
     fn header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+        // Never the SDK's `String` reader: it traps on a value that is not UTF-8.
+        meshguard_filter_common::request_header(name)
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {

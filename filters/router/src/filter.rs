@@ -772,9 +772,10 @@ impl Headers {
             return Self::Unread;
         }
         let map = HeaderMap::request_headers();
-        // A value that is not UTF-8 (or a map the host refused) hides the pairs after it: then
-        // nothing can be known absent, and single reads take over.
-        if map.iter().next().is_some() && map.is_intact() {
+        // A map the host refused or sent malformed: nothing can be known absent, and single
+        // reads take over. (A value that is not UTF-8 hides nothing: names are compared as
+        // bytes, values read lossily as the single reads do.)
+        if map.pairs().next().is_some() && map.is_intact() {
             Self::Map(map)
         } else {
             Self::Unread
@@ -783,7 +784,7 @@ impl Headers {
 
     fn get(&self, name: &str) -> Option<String> {
         match self {
-            Self::Map(map) => map.get(name).map(str::to_string),
+            Self::Map(map) => map.get(name).map(std::borrow::Cow::into_owned),
             Self::Unread => header(name),
         }
     }
@@ -791,7 +792,7 @@ impl Headers {
     /// Whether the request may carry `name` (false only when the map says it does not).
     fn may_have(&self, name: &str) -> bool {
         match self {
-            Self::Map(map) => map.get(name).is_some(),
+            Self::Map(map) => map.contains(name),
             Self::Unread => true,
         }
     }
@@ -956,10 +957,10 @@ impl HttpContext for Stream {
         let resendable = route.mode == Mode::Failback && idempotent(&method);
         let resend = resendable
             .then(|| {
-                // An intact map is all UTF-8; otherwise read it as bytes (never the SDK's
-                // `String` reader, which traps on a value that is not UTF-8).
+                // Only an all-UTF-8 map can be resent verbatim; unread, read it as bytes
+                // (never the SDK's `String` reader, which traps on a value that is not UTF-8).
                 let all = match &headers {
-                    Headers::Map(map) => Some(map.to_vec()),
+                    Headers::Map(map) => map.to_utf8_vec(),
                     Headers::Unread => request_headers_for_resend(),
                 }?;
                 let headers = all

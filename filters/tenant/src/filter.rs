@@ -18,11 +18,12 @@ use meshguard_core::{
     MAX_REGISTRATION_LEN,
 };
 use meshguard_filter_common::{
-    init_logging, parse_config, send_local_reply, sync_log_level, Counter, HeaderMap,
+    init_logging, parse_config, request_header, response_header, send_local_reply, sync_log_level,
+    Counter, HeaderMap,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, MapType};
+use proxy_wasm::types::{Action, ContextType};
 
 use crate::config::{Config, ConsulPolicy, Destination, NoIdentityPolicy, Settings, REGISTRY_KEY};
 use crate::policy::{
@@ -364,25 +365,16 @@ impl Stream {
     ) -> Result<(TenantName, Option<SourceKind>), Deny> {
         let settings = &state.settings;
         let header = settings.tenant_header.as_str();
-        // One host call, read in place. A client may send any octet in a value; when one is
-        // not UTF-8 the in-place reader stops there, so the SDK's bytes reader (names are
-        // tokens, always ASCII) reads the map again and every copy of the header is seen.
+        // One host call, read in place. Names are compared as bytes, so every copy of the
+        // header is seen whatever octets other headers (or its own values) carry; a value
+        // that is not UTF-8 is read lossily (and then is no valid tenant). A name that matches
+        // the configured one without case is ASCII.
         let headers = HeaderMap::request_headers();
-        let bytes_map;
-        let copies: Vec<(&str, Cow<'_, str>)> = if headers.is_intact() {
-            headers
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(header))
-                .map(|(k, v)| (k, Cow::Borrowed(v)))
-                .collect()
-        } else {
-            bytes_map = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-            bytes_map
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(header))
-                .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v)))
-                .collect()
-        };
+        let copies: Vec<(&str, Cow<'_, str>)> = headers
+            .pairs()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(header.as_bytes()))
+            .filter_map(|(k, v)| Some((std::str::from_utf8(k).ok()?, String::from_utf8_lossy(v))))
+            .collect();
         let values: Vec<&str> = copies.iter().map(|(_, v)| v.as_ref()).collect();
         let uri_san = settings.reads_uri_san.then(|| property(&URI_SAN)).flatten();
         let jwt = settings.jwt_path.as_ref().and_then(|path| {
@@ -468,10 +460,10 @@ impl Stream {
         let service = match &policy.destination {
             Destination::ClusterName => self.cluster_name().map(str::to_owned),
             Destination::RouteName => property(&ROUTE_NAME),
-            Destination::Authority { strip_suffixes } => self
-                .get_http_request_header(":authority")
-                .and_then(|a| authority_service(&a, strip_suffixes)),
-            Destination::Header(name) => self.get_http_request_header(name),
+            Destination::Authority { strip_suffixes } => {
+                request_header(":authority").and_then(|a| authority_service(&a, strip_suffixes))
+            }
+            Destination::Header(name) => request_header(name),
         };
         let verdict = cross_tenant(
             tenant,
@@ -517,8 +509,8 @@ impl Stream {
     ) -> Result<(), Deny> {
         let consul_deny = |reason: String| Deny::new(403, reason, state.stats.consul_denied);
         let deny = |r: DenyReason| consul_deny(r.to_string());
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let full = self.get_http_request_header(":path").unwrap_or_default();
+        let method = request_header(":method").unwrap_or_default();
+        let full = request_header(":path").unwrap_or_default();
         let (raw_path, query) = split_path_query(&full);
         let route = classify_consul_request(&method, raw_path.as_bytes());
         let query = if policy.tokens.is_some() {
@@ -718,7 +710,7 @@ impl HttpContext for Stream {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if self.pending == Pending::CatalogServices {
-            if self.get_http_response_header(":status").as_deref() == Some("200") {
+            if response_header(":status").as_deref() == Some("200") {
                 // The body shrinks: Envoy re-frames it (chunked) without a length.
                 self.set_http_response_header("content-length", None);
                 self.pending = Pending::CatalogBody;

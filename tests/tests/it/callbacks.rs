@@ -193,3 +193,69 @@ fn the_host_call_fixture_makes_exactly_the_configured_calls() {
         .unwrap();
     assert!(!host.configure().unwrap(), "an unknown call is refused");
 }
+
+/// host-sim counts the Wasm instructions the guest runs (wasmtime fuel), in total and per
+/// callback. The header map reader of filters/common compares names as bytes and decodes only
+/// the value asked for: the same host call decoded by the SDK (a `String` per name, a `Vec` per
+/// value) runs several times more instructions.
+#[test]
+fn guest_instructions_are_counted_per_callback() {
+    let run = |module: &'static str, config: &str| {
+        let mut host = Host::builder(&crate::support::module(module))
+            .plugin_config(config)
+            .workers(1)
+            .log_level(LogLevel::Info)
+            .build()
+            .unwrap();
+        assert!(host.configure().unwrap(), "{module}");
+        host.set_upstream(|_| Response::new(200).body("ok"));
+        let request = || {
+            Request::get("/x")
+                .header("x-meshguard-tenant", "acme")
+                .header("user-agent", "wrk")
+                .header("accept", "*/*")
+                .property(
+                    "source.address",
+                    host_sim::PropertyValue::String("127.0.0.1:5000".into()),
+                )
+                .property(
+                    "xds.cluster_name",
+                    host_sim::PropertyValue::String("upstream".into()),
+                )
+        };
+        let s = host.send(0, request()).unwrap();
+        assert_eq!(host.stream(s).unwrap().status(), Some(200), "{module}");
+        let (total, by) = (
+            host.guest_instructions(),
+            host.guest_instructions_by_callback(),
+        );
+        let s = host.send(0, request()).unwrap();
+        assert_eq!(host.stream(s).unwrap().status(), Some(200), "{module}");
+        let by_now = host.guest_instructions_by_callback();
+        let delta = |k: &str| by_now.get(k).copied().unwrap_or(0) - by.get(k).copied().unwrap_or(0);
+        assert_eq!(
+            by_now.values().sum::<u64>(),
+            host.guest_instructions(),
+            "the per-callback counts add up"
+        );
+        (
+            host.guest_instructions() - total,
+            delta("proxy_on_request_headers"),
+        )
+    };
+    let (noop, noop_headers) = run("fixture_noop", "");
+    assert!(
+        noop > 0 && noop_headers == 0,
+        "noop: {noop}, {noop_headers}"
+    );
+    let (_, sdk_map) = run("fixture_hostcall", "header_map_pairs 1");
+    let (_, none) = run("fixture_hostcall", "none 0");
+    let (_, in_place) = run("fixture_hostcall", "header_map_lookup 1");
+    assert!(none < in_place, "{none} < {in_place}");
+    assert!(
+        (in_place - none) * 3 < sdk_map - none,
+        "in place {} vs the SDK's map {}",
+        in_place - none,
+        sdk_map - none
+    );
+}

@@ -459,3 +459,60 @@ fn half_open_admits_its_probes_in_total_across_worker_threads() -> Result<()> {
     envoy.wait_for_stat(&stat("state"), |v| v == 0, WAIT)?;
     Ok(())
 }
+
+/// A client may send any octet in a header value. A breaker matching on that header and a
+/// fallback service that gets the request's headers read it lossily (the SDK's `String`
+/// readers would trap and take the worker's VM down): the breaker still trips, the fallback
+/// service still answers, and the worker keeps serving.
+#[test]
+fn a_header_that_is_not_utf8_neither_stops_the_worker_nor_the_breaker() -> Result<()> {
+    let upstream = TestUpstream::start()?;
+    let fallback = TestUpstream::start_named("fallback-svc")?;
+    let config = r#"{"breakers":[
+      {"name":"b","match":{"headers":[{"name":"x-user","prefix":"caf"}]},
+       "trip":{"consecutive_failures":1},"open":{"duration":"1m"},
+       "fallback":{"service":{"cluster":"fallback","timeout":"2s"}}}]}"#;
+    let envoy = Envoy::start(
+        EnvoyConfig::new("harness")
+            .upstream(upstream.port())
+            .cluster("fallback", fallback.port())
+            .arg("--component-log-level")
+            .arg("wasm:debug")
+            .wasm_filter(
+                WasmFilter::new("fallback", wasm_artifact("meshguard_fallback")?)
+                    .configuration(config),
+            ),
+    )?;
+    let raw = |status: u16| {
+        let bytes = format!(
+            "GET /api HTTP/1.1\r\nHost: a\r\nx-upstream-status: {status}\r\nx-user: caf\u{0}\r\nConnection: close\r\n\r\n"
+        );
+        // The NUL stands for the octet 0xE9, which a Rust string cannot hold.
+        let bytes: Vec<u8> = bytes
+            .into_bytes()
+            .into_iter()
+            .map(|b| if b == 0 { 0xe9 } else { b })
+            .collect();
+        meshguard_tests::send_raw(envoy.listener_addr(), &bytes)
+    };
+    // The failure trips the breaker (the matcher read the junk value, lossily).
+    let first = raw(503)?;
+    if first.status != 503 {
+        bail!("{first:?}\n{}", envoy.log());
+    }
+    // Open: the fallback service answers, with the request's headers forwarded.
+    let second = raw(200)?;
+    if second.status != 200 || fallback.requests().len() != 1 {
+        bail!("{second:?}\n{}", envoy.log());
+    }
+    let forwarded = fallback.requests()[0].header("x-user").map(str::to_string);
+    if !forwarded.as_deref().is_some_and(|v| v.starts_with("caf")) {
+        bail!("the fallback service got x-user {forwarded:?}");
+    }
+    // The worker is alive.
+    let clean = send(envoy.listener_addr(), &Request::get("/other"))?;
+    if clean.status != 200 || envoy.log().contains("panicked") {
+        bail!("{clean:?}\n{}", envoy.log());
+    }
+    Ok(())
+}

@@ -942,3 +942,38 @@ fn per_rule_counters_appear_in_stats_and_prometheus() -> Result<()> {
     }
     Ok(())
 }
+
+/// A client may send any octet in a header value. A rule keyed on that header reads it
+/// lossily (the SDK's `String` reader would trap and take the worker's VM down): the value
+/// still has its own limit, and the worker keeps answering.
+#[test]
+fn a_key_header_that_is_not_utf8_is_limited_and_never_stops_the_worker() -> Result<()> {
+    let upstream = TestUpstream::start()?;
+    let envoy = start(
+        r#"{"rules":[{"name":"per-user","key":[{"header":"x-user"}],
+            "limits":[{"algorithm":"fixed_window","requests":2,"per":"1m"}]}]}"#,
+        &upstream,
+        1,
+    )?;
+    let raw = |user: &[u8]| {
+        let mut bytes = b"GET /x HTTP/1.1\r\nHost: a\r\nx-user: ".to_vec();
+        bytes.extend_from_slice(user);
+        bytes.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+        send_raw(envoy.listener_addr(), &bytes).map(|r| r.status)
+    };
+    let junk: Vec<u16> = (0..3).map(|_| raw(b"caf\xe9")).collect::<Result<_>>()?;
+    ensure!(junk == [200, 200, 429], "{junk:?}\n{}", envoy.log());
+    // Another user (and the same junk after it) on the same worker: the VM is alive.
+    let alice = send(
+        envoy.listener_addr(),
+        &Request::get("/x").header("x-user", "alice"),
+    )?;
+    ensure!(alice.status == 200, "{alice:?}\n{}", envoy.log());
+    ensure!(raw(b"caf\xe9")? == 429);
+    ensure!(
+        !envoy.log().contains("panicked"),
+        "the VM trapped:\n{}",
+        envoy.log()
+    );
+    Ok(())
+}
