@@ -29,6 +29,25 @@ fn start(filter_config: &str, upstream: &TestUpstream, workers: u32) -> Result<E
     )
 }
 
+/// Like [`start`] (one worker), with cluster `fallback` pointing at `fallback`.
+fn start_with_fallback_service(
+    filter_config: &str,
+    upstream: &TestUpstream,
+    fallback: &TestUpstream,
+) -> Result<Envoy> {
+    Envoy::start(
+        EnvoyConfig::new("harness")
+            .upstream(upstream.port())
+            .cluster("fallback", fallback.port())
+            .arg("--component-log-level")
+            .arg("wasm:debug")
+            .wasm_filter(
+                WasmFilter::new("fallback", wasm_artifact("meshguard_fallback")?)
+                    .configuration(filter_config),
+            ),
+    )
+}
+
 /// Waits until Envoy's log has at least `n` lines containing `needle`; returns the log.
 fn wait_for_log_lines(envoy: &Envoy, needle: &str, n: usize) -> Result<String> {
     let deadline = Instant::now() + WAIT;
@@ -378,17 +397,7 @@ fn fallback_on_failure_replaces_failed_responses_in_envoy() -> Result<()> {
       {"name":"s","match":{"path":{"prefix":"/service"}},"trip":{"consecutive_failures":5},
        "fallback_on_failure":true,
        "fallback":{"service":{"cluster":"fallback","timeout":"2s"}}}]}"#;
-    let envoy = Envoy::start(
-        EnvoyConfig::new("harness")
-            .upstream(upstream.port())
-            .cluster("fallback", fallback.port())
-            .arg("--component-log-level")
-            .arg("wasm:debug")
-            .wasm_filter(
-                WasmFilter::new("fallback", wasm_artifact("meshguard_fallback")?)
-                    .configuration(config),
-            ),
-    )?;
+    let envoy = start_with_fallback_service(config, &upstream, &fallback)?;
     let addr = envoy.listener_addr();
     let r = send(
         addr,
@@ -472,17 +481,7 @@ fn a_header_that_is_not_utf8_neither_stops_the_worker_nor_the_breaker() -> Resul
       {"name":"b","match":{"headers":[{"name":"x-user","prefix":"caf"}]},
        "trip":{"consecutive_failures":1},"open":{"duration":"1m"},
        "fallback":{"service":{"cluster":"fallback","timeout":"2s"}}}]}"#;
-    let envoy = Envoy::start(
-        EnvoyConfig::new("harness")
-            .upstream(upstream.port())
-            .cluster("fallback", fallback.port())
-            .arg("--component-log-level")
-            .arg("wasm:debug")
-            .wasm_filter(
-                WasmFilter::new("fallback", wasm_artifact("meshguard_fallback")?)
-                    .configuration(config),
-            ),
-    )?;
+    let envoy = start_with_fallback_service(config, &upstream, &fallback)?;
     let raw = |status: u16| {
         let bytes = format!(
             "GET /api HTTP/1.1\r\nHost: a\r\nx-upstream-status: {status}\r\nx-user: caf\u{0}\r\nConnection: close\r\n\r\n"
