@@ -43,6 +43,12 @@ impl HeaderMap {
         Self::read(MapType::HttpRequestHeaders)
     }
 
+    /// The headers of the `dispatch_http_call` answer being handled (in
+    /// `on_http_call_response`; empty otherwise).
+    pub fn http_call_response_headers() -> Self {
+        Self::read(MapType::HttpCallResponseHeaders)
+    }
+
     fn read(map: MapType) -> Self {
         let mut data: *mut u8 = std::ptr::null_mut();
         let mut size: usize = 0;

@@ -327,7 +327,9 @@ impl Context for Stream {
         let Some((b, stats)) = self.breaker(&state) else {
             return;
         };
-        let headers = self.get_http_call_response_headers();
+        // Lossy, never the SDK's `String` reader: it traps on a value that is not UTF-8, and
+        // the fallback service may pass on whatever its own upstream sent.
+        let headers = HeaderMap::http_call_response_headers().to_vec();
         let status = headers
             .iter()
             .find(|(k, _)| k == ":status")

@@ -515,3 +515,85 @@ fn a_header_that_is_not_utf8_neither_stops_the_worker_nor_the_breaker() -> Resul
     }
     Ok(())
 }
+
+/// A fallback service whose answer carries a header value that is not UTF-8 (it may pass on
+/// whatever its own upstream sent): the answer is still served, the value read lossily,
+/// and the worker's VM keeps running (the SDK's `String` reader would trap on it).
+#[test]
+fn a_fallback_service_header_that_is_not_utf8_is_served_without_stopping_the_worker() -> Result<()>
+{
+    use std::io::{Read, Write};
+    let upstream = TestUpstream::start()?;
+    // A raw HTTP/1.1 server: every answer carries `x-junk: caf\xe9`. It serves at most 8
+    // connections and stops when told or after 30 s.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    listener.set_nonblocking(true)?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let server = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut served = 0;
+        while served < 8
+            && Instant::now() < deadline
+            && !stopped.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let Ok((mut conn, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            let _ = conn.set_nonblocking(false);
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\nx-junk: caf\xe9\r\ncontent-length: 8\r\nconnection: close\r\n\r\nfallback",
+            );
+            served += 1;
+        }
+    });
+    let config = r#"{"breakers":[
+      {"name":"b","match":{"path":{"prefix":"/api"}},"trip":{"consecutive_failures":1},
+       "open":{"duration":"1m"},
+       "fallback":{"service":{"cluster":"fallback","timeout":"2s"}}}]}"#;
+    let envoy = Envoy::start(
+        EnvoyConfig::new("harness")
+            .upstream(upstream.port())
+            .cluster("fallback", port)
+            .arg("--component-log-level")
+            .arg("wasm:debug")
+            .wasm_filter(
+                WasmFilter::new("fallback", wasm_artifact("meshguard_fallback")?)
+                    .configuration(config),
+            ),
+    )?;
+    let addr = envoy.listener_addr();
+    if send(addr, &failing())?.status != 503 {
+        bail!("the failure did not reach the client\n{}", envoy.log());
+    }
+    for _ in 0..2 {
+        let r = send(addr, &Request::get("/api"))?;
+        if r.status != 200 || r.body != b"fallback" {
+            bail!("{r:?}\n{}", envoy.log());
+        }
+        if !r
+            .header("x-junk")
+            .is_some_and(|v| v.starts_with("caf") && v != "caf")
+        {
+            bail!("x-junk not passed on: {r:?}");
+        }
+    }
+    if envoy.log().contains("panicked") {
+        bail!("the VM trapped:\n{}", envoy.log());
+    }
+    drop(envoy);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = server.join();
+    Ok(())
+}
