@@ -29,16 +29,13 @@ fn start(filter_config: &str, upstream: &TestUpstream, workers: u32) -> Result<E
     )
 }
 
-/// Like [`start`] (one worker), with cluster `fallback` pointing at `fallback`.
-fn start_with_fallback_service(
-    filter_config: &str,
-    upstream: &TestUpstream,
-    fallback: &TestUpstream,
-) -> Result<Envoy> {
+/// Like [`start`] (one worker), with the upstream at `upstream` and cluster `fallback` at
+/// `fallback` (ports on 127.0.0.1).
+fn start_with_fallback_service(filter_config: &str, upstream: u16, fallback: u16) -> Result<Envoy> {
     Envoy::start(
         EnvoyConfig::new("harness")
-            .upstream(upstream.port())
-            .cluster("fallback", fallback.port())
+            .upstream(upstream)
+            .cluster("fallback", fallback)
             .arg("--component-log-level")
             .arg("wasm:debug")
             .wasm_filter(
@@ -397,7 +394,7 @@ fn fallback_on_failure_replaces_failed_responses_in_envoy() -> Result<()> {
       {"name":"s","match":{"path":{"prefix":"/service"}},"trip":{"consecutive_failures":5},
        "fallback_on_failure":true,
        "fallback":{"service":{"cluster":"fallback","timeout":"2s"}}}]}"#;
-    let envoy = start_with_fallback_service(config, &upstream, &fallback)?;
+    let envoy = start_with_fallback_service(config, upstream.port(), fallback.port())?;
     let addr = envoy.listener_addr();
     let r = send(
         addr,
@@ -481,7 +478,7 @@ fn a_header_that_is_not_utf8_neither_stops_the_worker_nor_the_breaker() -> Resul
       {"name":"b","match":{"headers":[{"name":"x-user","prefix":"caf"}]},
        "trip":{"consecutive_failures":1},"open":{"duration":"1m"},
        "fallback":{"service":{"cluster":"fallback","timeout":"2s"}}}]}"#;
-    let envoy = start_with_fallback_service(config, &upstream, &fallback)?;
+    let envoy = start_with_fallback_service(config, upstream.port(), fallback.port())?;
     let raw = |status: u16| {
         let bytes = format!(
             "GET /api HTTP/1.1\r\nHost: a\r\nx-upstream-status: {status}\r\nx-user: caf\u{0}\r\nConnection: close\r\n\r\n"
@@ -562,17 +559,7 @@ fn a_fallback_service_header_that_is_not_utf8_is_served_without_stopping_the_wor
       {"name":"b","match":{"path":{"prefix":"/api"}},"trip":{"consecutive_failures":1},
        "open":{"duration":"1m"},
        "fallback":{"service":{"cluster":"fallback","timeout":"2s"}}}]}"#;
-    let envoy = Envoy::start(
-        EnvoyConfig::new("harness")
-            .upstream(upstream.port())
-            .cluster("fallback", port)
-            .arg("--component-log-level")
-            .arg("wasm:debug")
-            .wasm_filter(
-                WasmFilter::new("fallback", wasm_artifact("meshguard_fallback")?)
-                    .configuration(config),
-            ),
-    )?;
+    let envoy = start_with_fallback_service(config, upstream.port(), port)?;
     let addr = envoy.listener_addr();
     if send(addr, &failing())?.status != 503 {
         bail!("the failure did not reach the client\n{}", envoy.log());
