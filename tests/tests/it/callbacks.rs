@@ -119,6 +119,11 @@ fn requests_enter_the_vm_only_for_declared_callbacks() {
             r#"{"breakers":[{"name":"b","trip":{"consecutive_failures":5},"open":{"duration":"5s"},"fallback":{"fail_fast":{}}}]}"#,
             8,
         ),
+        (
+            "meshguard_tenant",
+            r#"{"identity":[{"trusted_header":{"cidrs":["10.0.0.0/8"]}}],"no_identity":{"anonymous":{"tenant":"public"}}}"#,
+            7,
+        ),
         ("fixture_conformance", "", 8),
     ];
     for (module, config, per_request) in cases {

@@ -741,12 +741,16 @@ fn host_calls_per_request_are_pinned_for_the_benchmark_configuration() {
         let mut host = bench_host(mode);
         // The first request adopts the list (the pool is empty until then).
         route(&mut host, Request::get("/orders")).unwrap();
+        let entries = host.guest_calls();
         let calls = crate::support::host_calls_during(&mut host, |h| {
             for _ in 0..20 {
                 assert!(route(h, Request::get("/orders")).is_some());
             }
         });
         assert_eq!(calls, per_request(expected, 20), "{mode}");
+        // Entries into the VM (tests/tests/it/callbacks.rs): context create, request headers,
+        // response headers, done, delete; no body, trailer or access-log callback exported.
+        assert_eq!(host.guest_calls() - entries, 5 * 20, "{mode}");
         // The routed requests are counted on the next tick.
         assert_eq!(metric(&host, "orders.routed"), 0);
         host.advance(Duration::from_millis(100)).unwrap();
