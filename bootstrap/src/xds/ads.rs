@@ -166,11 +166,7 @@ async fn run_delta_stream(
                     let _ = tx.send(Err(Status::invalid_argument("the first request must carry node.id"))).await;
                     break;
                 };
-                if registered.is_none() {
-                    status.with_node(&node, |n| n.streams += 1);
-                    tracing::info!(node = %node, "delta ads stream opened");
-                    registered = Some(node.clone());
-                }
+                register(&status, &mut registered, &node, "delta ads stream");
                 record_kind(&status, &node, &kind, &request.type_url, "");
             }
             changed = generations.changed() => {
@@ -185,8 +181,7 @@ async fn run_delta_stream(
         let Some(snapshot) = cache.snapshot_for(&node) else {
             continue;
         };
-        let mut closed = false;
-        for response in state.responses(&snapshot) {
+        let sent = send_all(&tx, state.responses(&snapshot), |response| {
             tracing::debug!(
                 node = %node,
                 type_url = %response.type_url,
@@ -196,19 +191,13 @@ async fn run_delta_stream(
                 removed = response.removed_resources.len(),
                 "sending delta"
             );
-            if tx.send(Ok(response)).await.is_err() {
-                closed = true;
-                break;
-            }
-        }
-        if closed {
+        })
+        .await;
+        if !sent {
             break;
         }
     }
-    if let Some(node) = registered {
-        status.with_node(&node, |n| n.streams = n.streams.saturating_sub(1));
-        tracing::info!(node = %node, "delta ads stream closed");
-    }
+    unregister(&status, registered, "delta ads stream");
 }
 
 /// One stream's loop: read requests, record them, and send what the snapshot requires after
@@ -238,11 +227,7 @@ async fn run_stream(
                     let _ = tx.send(Err(Status::invalid_argument("the first request must carry node.id"))).await;
                     break;
                 };
-                if registered.is_none() {
-                    status.with_node(&node, |n| n.streams += 1);
-                    tracing::info!(node = %node, "ads stream opened");
-                    registered = Some(node.clone());
-                }
+                register(&status, &mut registered, &node, "ads stream");
                 record(&status, &node, &kind, &request);
             }
             changed = generations.changed() => {
@@ -257,8 +242,7 @@ async fn run_stream(
         let Some(snapshot) = cache.snapshot_for(&node) else {
             continue;
         };
-        let mut closed = false;
-        for response in state.responses(&snapshot) {
+        let sent = send_all(&tx, state.responses(&snapshot), |response| {
             tracing::debug!(
                 node = %node,
                 type_url = %response.type_url,
@@ -267,19 +251,45 @@ async fn run_stream(
                 resources = response.resources.len(),
                 "sending"
             );
-            if tx.send(Ok(response)).await.is_err() {
-                closed = true;
-                break;
-            }
-        }
-        if closed {
+        })
+        .await;
+        if !sent {
             break;
         }
     }
+    unregister(&status, registered, "ads stream");
+}
+
+/// Counts a stream for `node` on its first request (`registered` remembers it).
+fn register(status: &XdsStatus, registered: &mut Option<String>, node: &str, what: &str) {
+    if registered.is_none() {
+        status.with_node(node, |n| n.streams += 1);
+        tracing::info!(node = %node, "{what} opened");
+        *registered = Some(node.to_string());
+    }
+}
+
+/// Uncounts a stream that [`register`] counted.
+fn unregister(status: &XdsStatus, registered: Option<String>, what: &str) {
     if let Some(node) = registered {
         status.with_node(&node, |n| n.streams = n.streams.saturating_sub(1));
-        tracing::info!(node = %node, "ads stream closed");
+        tracing::info!(node = %node, "{what} closed");
     }
+}
+
+/// Sends `responses` in order, calling `log` on each first; false once the client is gone.
+async fn send_all<T>(
+    tx: &mpsc::Sender<Result<T, Status>>,
+    responses: impl IntoIterator<Item = T>,
+    log: impl Fn(&T),
+) -> bool {
+    for response in responses {
+        log(&response);
+        if tx.send(Ok(response)).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 fn record(status: &XdsStatus, node: &str, kind: &RequestKind, request: &DiscoveryRequest) {

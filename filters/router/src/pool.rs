@@ -205,52 +205,32 @@ impl Pool {
         }
         let outliers = &self.outliers;
         let not_ejected = |i: usize| outliers.get(i).is_none_or(|o| !o.is_ejected(now));
-        let primary = {
-            let first = match &policy.locality {
-                Some(l) => {
-                    let admit = l.prefer(&self.instances, not_ejected);
-                    pick_one(
-                        policy,
-                        &self.instances,
-                        &mut self.round_robin,
-                        &mut self.smooth,
-                        &self.latency,
-                        &self.in_flight,
-                        self.maglev.as_ref(),
-                        key,
-                        rng,
-                        admit,
-                    )
-                }
-                None => pick_one(
-                    policy,
-                    &self.instances,
-                    &mut self.round_robin,
-                    &mut self.smooth,
-                    &self.latency,
-                    &self.in_flight,
-                    self.maglev.as_ref(),
-                    key,
-                    rng,
-                    not_ejected,
-                ),
-            };
-            // Every instance ejected: route anyway (Envoy's panic threshold does the same).
-            first.or_else(|| {
-                pick_one(
-                    policy,
-                    &self.instances,
-                    &mut self.round_robin,
-                    &mut self.smooth,
-                    &self.latency,
-                    &self.in_flight,
-                    self.maglev.as_ref(),
-                    key,
-                    rng,
-                    |_| true,
-                )
-            })
+        let (instances, maglev) = (&self.instances, self.maglev.as_ref());
+        let (round_robin, smooth) = (&mut self.round_robin, &mut self.smooth);
+        let (latency, in_flight) = (&self.latency, &self.in_flight);
+        let mut pick = |admit: &dyn Fn(usize) -> bool| {
+            pick_one(
+                policy,
+                instances,
+                round_robin,
+                smooth,
+                latency,
+                in_flight,
+                maglev,
+                key,
+                rng,
+                admit,
+            )
         };
+        let first = match &policy.locality {
+            Some(l) => {
+                let admit = l.prefer(instances, not_ejected);
+                pick(&admit)
+            }
+            None => pick(&not_ejected),
+        };
+        // Every instance ejected: route anyway (Envoy's panic threshold does the same).
+        let primary = first.or_else(|| pick(&|_| true));
         let Some(primary) = primary else {
             return Vec::new();
         };
