@@ -12,8 +12,9 @@ use std::time::Duration;
 use log::{debug, error, info, warn};
 use meshguard_core::{key_hash, Backoff, CallResult, Recorded, SplitMix64};
 use meshguard_filter_common::{
-    ensure, init_logging, parse_config, send_local_reply, sync_log_level, CasStore, Counter, Gauge,
-    HeaderMap, HeaderMatcher, SharedData, StringMatcher, WallClock,
+    ensure, init_logging, parse_config, request_header, response_header, send_local_reply,
+    sync_log_level, CasStore, Counter, Gauge, HeaderMap, HeaderMatcher, SharedData, StringMatcher,
+    WallClock,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -732,19 +733,6 @@ impl Context for Stream {
     }
 }
 
-/// One request header, read as bytes (the SDK's `String` reader traps on a value that is not
-/// UTF-8, and a client can send any octet): a value that is not UTF-8 is read lossily, each
-/// invalid sequence becoming U+FFFD, for matching and hashing.
-fn header(name: &str) -> Option<String> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
-        .map(|v| match String::from_utf8(v) {
-            Ok(text) => text,
-            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-        })
-}
-
 /// The request headers for a failback resend, read as bytes; `None` if a value is not UTF-8
 /// (the resend could not carry it verbatim, so the request is not resendable).
 fn request_headers_for_resend() -> Option<Vec<(String, String)>> {
@@ -785,7 +773,8 @@ impl Headers {
     fn get(&self, name: &str) -> Option<String> {
         match self {
             Self::Map(map) => map.get(name).map(std::borrow::Cow::into_owned),
-            Self::Unread => header(name),
+            // Lossy, never the SDK's `String` reader (it traps on a value that is not UTF-8).
+            Self::Unread => request_header(name),
         }
     }
 
@@ -1040,11 +1029,7 @@ impl HttpContext for Stream {
         if !route.observes_responses {
             return Action::Continue;
         }
-        let status: Option<u16> =
-            hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
-                .ok()
-                .flatten()
-                .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
+        let status: Option<u16> = response_header(":status").and_then(|s| s.parse().ok());
         let failed = status.is_none_or(|s| s >= 500);
         let now = state.clock.now_ns();
         if !routed.hosts.is_empty() {
